@@ -1,0 +1,1 @@
+"""Experiment runners of Part III (one module per experiment, each with ``PRESETS``, ``run`` and a CLI)."""

@@ -1,0 +1,53 @@
+"""The book builds from scratch in strict mode (every warning an error), and every chapter is well-formed."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+COLAB = "https://colab.research.google.com/github/hyperinit/initializing-hypernetworks/blob/main/chapters/"
+
+
+def toc_files():
+    text = (ROOT / "_toc.yml").read_text()
+    return {line.split("file:")[1].strip() for line in text.splitlines() if "file:" in line}
+
+
+def code_cells(nb):
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_is_complete_and_executed(path):
+    nb = json.loads(path.read_text())
+    assert f"chapters/{path.stem}" in toc_files(), f"{path.name} is not listed in _toc.yml"
+    cells = code_cells(nb)
+    assert cells and all(c["execution_count"] is not None for c in cells), "execute the notebook and commit"
+    errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, f"a stored output is an error: {errors[0].get('ename')}"
+    assert any("NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in cells), "no checked cell"
+    first_code = "".join(cells[0]["source"])
+    assert '"google.colab" in sys.modules' in first_code and "pip install" in first_code
+    assert not any(word in first_code for word in ("torch", "numpy", "ipywidgets")), "never reinstall these on Colab"
+    markdown = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert COLAB + path.name in markdown, "Colab badge missing or pointing elsewhere"
+    assert ":class: dropdown" in markdown, "no exercise with a hidden solution"
+
+
+def test_strict_build_from_scratch(tmp_path):
+    """`jupyter-book build --all -W -n --keep-going` on a copy of the book: no warning, no failed cell."""
+    book = tmp_path / "book"
+    shutil.copytree(ROOT, book, ignore=shutil.ignore_patterns(".*", "_build", "*.egg-info", "results", "__pycache__"))
+    exe = Path(sys.executable).with_name("jupyter-book")
+    proc = subprocess.run([str(exe), "build", "--all", "-W", "-n", "--keep-going", str(book)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    log = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, log
+    assert (book / "_build" / "html" / "index.html").exists(), log
+    for path in CHAPTERS:
+        assert (book / "_build" / "html" / "chapters" / f"{path.stem}.html").exists()
