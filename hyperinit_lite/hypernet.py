@@ -7,7 +7,8 @@ For mainnet layer ``t`` with weight ``W[t]`` of shape ``(d_i, d_j)`` the hyperne
 
 ``h`` is the hypernet body: the identity for a one-layer (linear) hypernet, an MLP otherwise. ``(H, beta)``
 and ``(G, gamma)`` are the output heads, one per mainnet layer, or one per distinct layer shape when
-``share_heads=True`` (Appendix A.1: layers of the same size are told apart only by their embeddings).
+``share_heads=True`` (Appendix A.1: layers of the same size and nonlinearity are told apart only by their
+embeddings).
 """
 import math
 
@@ -77,7 +78,8 @@ class Hypernet(nn.Module):
         hidden_sizes: widths of the hypernet body ``h``; empty for a one-layer (linear) hypernet.
         generates_bias: also generate mainnet biases (Case 2); otherwise biases are ordinary mainnet
             parameters starting at zero (Case 1).
-        share_heads: one output head per distinct layer shape instead of one per layer (Appendix A.1).
+        share_heads: one output head per distinct (layer shape, nonlinearity) instead of one per layer
+            (Appendix A.1).
         learn_embeddings: train the embeddings instead of keeping them fixed.
         body_activation: nonlinearity of the body's hidden layers.
         activation: the mainnet's hidden nonlinearity (used by :meth:`mainnet` and the initializers).
@@ -104,11 +106,13 @@ class Hypernet(nn.Module):
         sizes = [self.embedding_dim] + self.hidden_sizes
         self.body = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
-        distinct = list(dict.fromkeys(self.shapes)) if share_heads else self.shapes
-        self.head_of_layer = [distinct.index(s) for s in self.shapes] if share_heads else list(range(n))
-        self.weight_heads = nn.ModuleList(nn.Linear(self.head_dim, o * i) for o, i in distinct)
+        # A head is shared by layers that need the same init: same shape and same nonlinearity (gain).
+        kinds = list(zip(self.shapes, layer_nonlinearities(n, self.activation)))
+        distinct = list(dict.fromkeys(kinds)) if share_heads else kinds
+        self.head_of_layer = [distinct.index(k) for k in kinds] if share_heads else list(range(n))
+        self.weight_heads = nn.ModuleList(nn.Linear(self.head_dim, o * i) for (o, i), _ in distinct)
         if self.generates_bias:
-            self.bias_heads = nn.ModuleList(nn.Linear(self.head_dim, o) for o, _ in distinct)
+            self.bias_heads = nn.ModuleList(nn.Linear(self.head_dim, o) for (o, _), _ in distinct)
             self.mainnet_biases = None
         else:
             self.bias_heads = None

@@ -56,7 +56,8 @@ def hyperfan_(hypernet, method="in", embedding_variance=None, distribution="unif
     """Initialize ``hypernet`` with hyperfan-``method`` (``'in'``, ``'out'`` or ``'harmonic'``), Table 1.
 
     ``embedding_variance`` defaults to the hypernet's (1 for ``U(-sqrt 3, sqrt 3)`` embeddings). A shared
-    head serves layers of one shape, so the variance computed for any of them is the variance for all.
+    head serves layers of one shape and one nonlinearity, so the variance computed for any of them is the
+    variance for all.
     """
     _check(hypernet)
     check_choice("method", method, METHODS)

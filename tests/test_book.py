@@ -39,6 +39,21 @@ def test_chapter_is_complete_and_executed(path):
     assert ":class: dropdown" in markdown, "no exercise with a hidden solution"
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_figures_are_stored(path):
+    """The book is built from stored outputs: a figure cell (``plt.show()``) must hold its image.
+
+    Executing with ``MPLBACKEND=Agg`` set silently drops every figure; widget cells keep theirs in the widget state.
+    """
+    def has(cell, mime):
+        return any(mime in o.get("data", {}) for o in cell["outputs"])
+
+    nb = json.loads(path.read_text())
+    missing = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "plt.show()" in "".join(c["source"])
+               and not has(c, "image/png") and not has(c, "application/vnd.jupyter.widget-view+json")]
+    assert not missing, f"cells {missing} draw a figure but store none: execute without MPLBACKEND=Agg"
+
+
 def test_strict_build_from_scratch(tmp_path):
     """`jupyter-book build --all -W -n --keep-going` on a copy of the book: no warning, no failed cell."""
     book = tmp_path / "book"

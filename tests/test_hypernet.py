@@ -15,6 +15,11 @@ def test_generated_shapes_and_parameter_sharing():
     assert [tuple(b.shape) for b in biases] == [(30,), (30,), (30,), (5,)]
     assert len(hn.weight_heads) == 3 and hn.head_of_layer == [0, 1, 1, 2]
     assert not hn.weight_embeddings.requires_grad
+    relu = hl.Hypernet([8, 8, 8, 8], 4, share_heads=True, activation="relu")  # the linear last layer: own head
+    assert relu.head_of_layer == [0, 0, 1]
+    hl.hyperfan_in_(relu)
+    assert relu.weight_heads[0].weight.var().item() == pytest.approx(2 * relu.weight_heads[1].weight.var().item(),
+                                                                    rel=0.3)
     assert hl.Hypernet([4, 4], 2, learn_embeddings=True).weight_embeddings.requires_grad
 
 
