@@ -1,0 +1,267 @@
+"""Chapter 9: the regression tasks, the output regularizer and the batched continual-learning runner."""
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hyperinit_lite import __main__ as cli
+from hyperinit_lite import mainnet_forward
+from hyperinit_lite.experiments import continual as C
+from hyperinit_lite.regression_data import INTERVALS, make_task, make_tasks, task_function
+from hyperinit_lite.results import load_or_run
+
+
+def tiny(**overrides):
+    args = dict(name="tiny", inits=("xavier", "hyperfan_in"), learning_rates=(1e-2, 1e-3), runs=2, iterations=6,
+                record_every=2, batch_size=8, reference_runs=0)
+    args.update(overrides)
+    return C.ContinualConfig(**args)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def test_tasks_shapes_intervals_and_test_grid():
+    tasks = make_tasks()
+    assert [t.name for t in tasks] == ["x + 3", "2x^2 - 1", "(x - 3)^3"]
+    for task, (low, high) in zip(tasks, INTERVALS):
+        assert task.x_train.shape == task.y_train.shape == (100, 1)
+        assert task.x_test.shape == task.y_test.shape == (50, 1)
+        assert task.x_train.dtype == torch.float32
+        assert low <= task.x_train.min() and task.x_train.max() <= high
+        assert task.x_test[0, 0] == low and task.x_test[-1, 0] == high
+        assert torch.allclose(task.x_test.diff(dim=0), torch.full((49, 1), (high - low) / 49), atol=1e-6)
+    assert INTERVALS == ((-4, -2), (-1, 1), (2, 4))
+
+
+def test_tasks_are_deterministic_and_depend_on_the_seed():
+    a, b, c = make_task(2, seed=42), make_task(2, seed=42), make_task(2, seed=7)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
+    assert not torch.equal(a.x_train, c.x_train)
+    # the reference code's recipe: RandomState(seed), uniform inputs first, then the noise
+    rng = np.random.RandomState(42)
+    x = rng.uniform(2.0, 4.0, size=(100, 1))
+    y = (x - 3.0) ** 3 + rng.normal(0.0, 0.05, size=(100, 1))
+    assert np.allclose(a.x_train.numpy(), x, atol=1e-6) and np.allclose(a.y_train.numpy(), y, atol=1e-5)
+
+
+def test_noise_only_on_training_targets():
+    n, std = 100, 0.05
+    for t, task in enumerate(make_tasks(noise_std=std)):
+        assert torch.allclose(task.y_test, task_function(t, task.x_test), atol=1e-6)
+        noise = (task.y_train - task_function(t, task.x_train)).double()
+        assert noise.abs().max() > 1e-3
+        # sample mean within 6 standard errors of 0; sample std within 6 of its standard errors (1/sqrt(2n))
+        assert abs(noise.mean().item()) < 6 * std / math.sqrt(n)
+        assert abs(noise.std().item() / std - 1) < 6 / math.sqrt(2 * n)
+    clean = make_task(1, noise_std=0.0)
+    assert torch.allclose(clean.y_train, task_function(1, clean.x_train), atol=1e-6)
+
+
+def test_data_bad_input():
+    with pytest.raises(ValueError, match="task must be one of 0, 1, 2"):
+        make_task(3)
+    with pytest.raises(ValueError, match="n_train"):
+        make_task(0, n_train=0)
+    with pytest.raises(ValueError, match="noise_std"):
+        make_task(0, noise_std=-1.0)
+
+
+# ------------------------------------------------------------------------------------------ regularizer
+def test_output_regularizer_formula():
+    generated = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+    targets = torch.tensor([[1.0, 0.0, 3.0], [1.0, 0.0, -1.0]])
+    # (0 + 4 + 0) + (1 + 0 + 4), divided by T - 1 = 2 earlier tasks
+    assert C.output_regularizer(generated, targets).item() == pytest.approx(4.5)
+    assert C.output_regularizer(torch.zeros(0, 3), torch.zeros(0, 3)).item() == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        C.output_regularizer(generated, targets[:1])
+
+
+def test_objective_adds_beta_times_regularizer_and_vanishes_at_the_targets():
+    config = tiny()
+    hn = C.init_hypernet(config, "hyperfan_in", 0)
+    params = {k: v.detach() for k, v in hn.named_parameters() if k not in C.EMBEDDING_KEYS}
+    emb = C.initial_embeddings(config, 0)
+    task = make_task(2)
+    x, y = task.x_train[:8], task.y_train[:8]
+    plain, mse0 = C.make_objective(hn, 0, 0.005)(params, emb[2], emb[:0], torch.zeros(0, 141), x, y)
+    targets = torch.stack([C.flatten_generated(*C.generate(hn, params, emb[j])) for j in range(2)])
+    assert targets.shape == (2, 141)  # 10 + 100 + 10 weights, 10 + 10 + 1 biases
+    objective = C.make_objective(hn, 2, 0.005)
+    at_targets, mse = objective(params, emb[2], emb[:2], targets, x, y)
+    assert at_targets.item() == pytest.approx(plain.item(), rel=1e-6) and mse.item() == pytest.approx(mse0.item())
+    shifted = targets + torch.linspace(-1, 1, 141)
+    value, _ = objective(params, emb[2], emb[:2], shifted, x, y)
+    expected = mse.item() + 0.005 * (torch.linspace(-1, 1, 141) ** 2).sum().item() * 2 / 2
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    # and the mainnet is the one generated from the current embedding
+    w, b = C.generate(hn, params, emb[2])
+    assert mse.item() == pytest.approx(((mainnet_forward(x, w, b, "relu") - y) ** 2).mean().item(), rel=1e-6)
+
+
+def test_flatten_and_unflatten_are_inverse():
+    hn = C.init_hypernet(tiny(), "xavier", 1)
+    w, b = hn(hn.weight_embeddings[:1].expand(3, 2), hn.weight_embeddings[:1].expand(3, 2))
+    w2, b2 = C.unflatten_generated(C.flatten_generated(w, b), hn.shapes)
+    assert all(torch.equal(p, q) for p, q in zip(w + b, w2 + b2))
+
+
+# ---------------------------------------------------------------------------------------------- training
+def plain_loop(config, init, lr, run, optimizer):
+    """One run with nn.Module calls, autograd and torch.optim: what the batched runner must reproduce."""
+    hn = C.init_hypernet(config, init, run)
+    emb = C.initial_embeddings(config, run)
+    tasks = make_tasks(config.n_train, config.n_test, config.noise_std, config.data_seed)
+    params = [p for k, p in hn.named_parameters() if k not in C.EMBEDDING_KEYS]
+    recs = sorted(set(range(0, config.iterations + 1, config.record_every)) | {config.iterations})
+    losses, test = torch.full((3, len(recs)), math.nan), torch.full((3, 3), math.nan)
+
+    def gen(e):
+        e = e.expand(3, 2)
+        return hn(weight_embeddings=e, bias_embeddings=e)
+
+    for t, task in enumerate(tasks):
+        with torch.no_grad():
+            targets = [C.flatten_generated(*gen(emb[j])) for j in range(t)]
+        e = emb[t].clone().requires_grad_()
+        opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(params + [e], lr=lr)
+        idx = C.batch_indices(config, run, t, config.iterations)
+        for it in range(config.iterations + 1):
+            if it in recs:
+                with torch.no_grad():
+                    out = mainnet_forward(task.x_train, *gen(e), "relu")
+                    losses[t, recs.index(it)] = ((out - task.y_train) ** 2).mean()
+            if it == config.iterations:
+                break
+            out = mainnet_forward(task.x_train[idx[it]], *gen(e), "relu")
+            loss = ((out - task.y_train[idx[it]]) ** 2).mean()
+            if t:
+                reg = sum(((C.flatten_generated(*gen(emb[j])) - targets[j]) ** 2).sum() for j in range(t)) / t
+                loss = loss + config.beta_output * reg
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        emb[t] = e.detach()
+        with torch.no_grad():
+            for j in range(t + 1):
+                out = mainnet_forward(tasks[j].x_test, *gen(emb[j]), "relu")
+                test[t, j] = ((out - tasks[j].y_test) ** 2).mean()
+    return losses, test
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_batched_runs_equal_a_plain_loop(optimizer):
+    # With Adam, the regularizer is left out: at the start of a task its gradient is zero up to rounding,
+    # and Adam's normalized step turns such rounding noise on otherwise gradient-free parameters (dead ReLU
+    # units) into full steps of size lr. SGD checks the regularizer's gradient.
+    config = tiny(iterations=5, beta_output=0.005 if optimizer == "sgd" else 0.0)
+    out = C.train_runs(config, config.inits, config.learning_rates, optimizer, config.iterations, config.runs,
+                       progress=False)
+    assert out["train_loss"].shape == (2, 2, 2, 3, 4) and out["record_iterations"] == [0, 2, 4, 5]
+    assert out["test_mse"].shape == (2, 2, 2, 3, 3) and out["predictions"].shape == (2, 2, 2, 3, 50)
+    tol = dict(rtol=1e-4, atol=1e-6)  # float32 rounding differs between the batched and the plain computation
+    for i, init in enumerate(config.inits):
+        for l, lr in enumerate(config.learning_rates):
+            for r in range(config.runs):
+                losses, test = plain_loop(config, init, lr, r, optimizer)
+                torch.testing.assert_close(out["train_loss"][i, l, r], losses, **tol)
+                torch.testing.assert_close(out["test_mse"][i, l, r], test, equal_nan=True, **tol)
+    assert (out["diverged_task"] == -1).all()
+    # the training actually moved: the losses are not all equal to the one at initialization
+    assert not torch.allclose(out["train_loss"][..., 0, -1], out["train_loss"][..., 0, 0])
+
+
+def test_absurd_learning_rate_is_recorded_as_diverged_without_exception():
+    config = tiny(learning_rates=(1e3, 1e-3), iterations=10, record_every=5)
+    out = C.train_runs(config, config.inits, config.learning_rates, "sgd", 10, config.runs, progress=False)
+    bad, good = out["diverged_task"][:, 0], out["diverged_task"][:, 1]
+    assert (bad >= 0).all() and (good == -1).all()
+    assert (out["diverged_iteration"][:, 0] >= 0).all()
+    assert torch.isnan(out["train_loss"][:, 0, :, -1, -1]).all() and torch.isnan(out["predictions"][:, 0]).all()
+    assert torch.isfinite(out["train_loss"][:, 1]).all() and torch.isfinite(out["predictions"][:, 1]).all()
+    best, criterion = C.select_learning_rate(out["train_loss"][0], config.learning_rates)
+    assert best == 1 and criterion["diverged_runs"] == [2, 0]
+
+
+def test_select_learning_rate_prefers_no_divergence_then_smaller_final_loss():
+    loss = np.ones((3, 2, 3, 4))
+    loss[0, 0, 1, -1] = np.nan        # lr 0: smallest loss but one diverged run
+    loss[0, :, :, -1] *= 0.01
+    loss[2, :, :, -1] = 0.5           # lr 2: smaller than lr 1
+    best, criterion = C.select_learning_rate(loss.tolist(), (1e-2, 1e-3, 1e-4))
+    assert best == 2 and criterion["diverged_runs"] == [1, 0, 0]
+
+
+# ------------------------------------------------------------------------------------ configs and results
+def test_presets_and_validation_errors():
+    assert set(C.PRESETS) == {"quick", "paper"}
+    paper = C.PRESETS["paper"]
+    assert (paper.optimizer, paper.iterations, paper.batch_size, paper.runs, paper.record_every) == (
+        "sgd", 6000, 32, 15, 100)
+    assert paper.learning_rates == (1e-2, 1e-3, 1e-4, 1e-5) and paper.beta_output == 0.005
+    assert (paper.reference_lr, paper.reference_iterations, paper.reference_init) == (1e-2, 4001, "hyperfan_in")
+    assert C.get_config("quick", runs=2).runs == 2
+    with pytest.raises(ValueError, match="preset must be one of 'quick', 'paper'; got 'fast'"):
+        C.get_config("fast")
+    with pytest.raises(ValueError, match="inits must be one of 'xavier', .*'hyperfan_out'; got 'lecun'"):
+        tiny(inits=("xavier", "lecun"))
+    with pytest.raises(ValueError, match="optimizer must be one of 'sgd', 'adam'"):
+        tiny(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="learning_rates"):
+        tiny(learning_rates=(1e-2, -1.0))
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny(batch_size=101)
+    with pytest.raises(ValueError, match="xavier_mode"):
+        tiny(xavier_mode="avg")
+    with pytest.raises(ValueError, match="init must be one of"):
+        C.init_hypernet(tiny(), "orthogonal", 0)
+
+
+def test_results_reload_from_json_with_nans(tmp_path):
+    config = tiny(inits=("kaiming_fan_in", "hyperfan_out"), learning_rates=(1e3, 1e-2), iterations=4,
+                  reference_runs=1, reference_iterations=3)
+    calls = []
+
+    def run(c):
+        calls.append(c)
+        return C.run(c, progress=False)
+
+    path = C.results_path(tmp_path, "tiny")
+    first = load_or_run(path, config, run)
+    second = load_or_run(path, config, run)
+    assert len(calls) == 1 and first == second
+    assert "nan" in str(first["sweep"]["train_loss"])          # NaNs of diverged runs survive the round trip
+    assert np.isnan(C.as_array(first["sweep"]["train_loss"])[0, 0]).any()
+    rows = C.summary(second)
+    assert [r["init"] for r in rows] == ["kaiming_fan_in", "hyperfan_out"] and all(r["lr"] == 1e-2 for r in rows)
+    assert C.divergence(second)["kaiming_fan_in"][1000.0][0] == 2
+    assert (rows[0]["diverged_runs"], rows[1]["diverged_runs"]) == (2, 0)    # every kaiming_fan_in run diverged
+    test = C.as_array(second["sweep"]["test_mse"])[1, 1]                      # hyperfan_out at lr 1e-2
+    assert rows[1]["final_test_mse"] == pytest.approx(test[:, -1].mean(axis=0).tolist())
+    assert rows[1]["test_after_learning"] == pytest.approx([test[:, t, t].mean() for t in range(3)])
+    table = C.format_summary(second).splitlines()
+    assert len(table) == 4 and table[3].startswith("hyperfan_out") and table[3].endswith("0/2")
+    assert "kaiming_fan_in  lr 1e+03: 2/2 (first: task 1" in C.format_divergence(second)
+    assert C.format_divergence(second).splitlines()[1] == "hyperfan_out    lr 1e+03: 2/2 (first: task 1, iteration 1)"
+    assert C.format_criterion(second).splitlines()[2].split()[:4] == ["hyperfan_out", "1e-02", "2", "div,"]
+    assert len(C.format_reference(second).splitlines()) == 5 and "0.0042" in C.format_reference(second)
+    assert len(C.format_embedding_shift(second).splitlines()) == 3
+    assert len(C.as_array(second["reference"]["test_mse"]).reshape(-1, 3, 3)) == 1
+    x, mean, sem = C.curves(second, "hyperfan_out")
+    assert x.shape == mean.shape == sem.shape == (3 * 3,)
+
+
+def test_command_line_is_wired():
+    parser = argparse.ArgumentParser()
+    C.add_arguments(parser)
+    args = parser.parse_args(["--preset", "paper", "--device", "cuda", "--out", "x", "--rerun"])
+    assert (args.preset, args.device, args.out, args.rerun) == ("paper", "cuda", "x", True)
+    assert "continual" in cli.available_commands()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--preset", "huge"])
+
+
+def test_tasks_are_served_by_the_data_module():
+    from hyperinit_lite import data
+    torch.testing.assert_close(data.make_tasks()[2].x_train, make_tasks()[2].x_train)

