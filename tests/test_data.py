@@ -19,6 +19,7 @@ def offline(monkeypatch):
     """A network whose connections hang: every ``socket.create_connection`` blocks for a minute."""
     def hang(*args, **kwargs):
         time.sleep(60)
+        raise OSError("the hanging test connection gave up")  # the abandoned probe thread ends quietly
     monkeypatch.setattr(socket, "create_connection", hang)
 
 

@@ -163,7 +163,7 @@ def test_bridge_inits_give_the_hyperfan_head_stds():
         for name, stds in exp.hyperfan_stds(net.hypernet).items():
             w = dict(net.named_parameters())[name]
             n = w.numel()  # sample std of n normal draws: relative error ~ 1/sqrt(2n); 6 sigma
-            assert float(w.std()) == pytest.approx(stds[method], rel=6 / math.sqrt(2 * n))
+            assert w.std().item() == pytest.approx(stds[method], rel=6 / math.sqrt(2 * n))
     with pytest.raises(ValueError, match="init must be one of"):
         exp.bridge_hypernet(config, "orthogonal")
 
