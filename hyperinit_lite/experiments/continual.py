@@ -37,7 +37,7 @@ from ..hyperfan import hyperfan_variances
 from ..hypernet import Hypernet, mainnet_forward, uniform_embeddings
 from ..initializers import hyperfan_in_, hyperfan_out_, kaiming_, xavier_
 from ..regression_data import TASK_NAMES, make_tasks
-from ..results import load_or_run
+from ..results import as_array, load_or_run
 
 INITS = ("xavier", "kaiming_fan_in", "kaiming_fan_out", "hyperfan_in", "hyperfan_out")
 INIT_LABELS = {"xavier": "Xavier", "kaiming_fan_in": "Kaiming fan-in", "kaiming_fan_out": "Kaiming fan-out",
@@ -409,13 +409,6 @@ def initial_statistics(config, init, n_seeds, task=0):
 
 
 # ------------------------------------------------------------------------------------------------ analysis
-def as_array(values):
-    """Nested lists from JSON (non-finite floats stored as strings) as a float numpy array."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().double().numpy()
-    return np.array(values, dtype=float)
-
-
 def select_learning_rate(train_loss, learning_rates):
     """Index of the best learning rate for one init, and the criterion per rate.
 

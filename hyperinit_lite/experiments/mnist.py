@@ -47,6 +47,7 @@ from ..fans import check_positive, check_positive_int
 from ..hyperfan import hyperfan_variances
 from ..hypernet import Hypernet, classical_mainnet, layer_nonlinearities, layer_shapes, mainnet_forward
 from ..initializers import init_hypernet_
+from . import check_device
 
 SETTINGS = ("classical", "hyper_classical", "hyperfan_in", "hyperfan_out")
 CASES = ("weights", "weights_biases")
@@ -501,17 +502,6 @@ def _train_group(config, activation, case, settings, data, heldout, device, trai
     return {s: [rec for rec in records if rec["setting"] == s] for s in settings}
 
 
-def check_device(device):
-    """A ``torch.device``; ``ValueError`` for an unknown device or CUDA without a GPU."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' requested but no CUDA GPU is available; use device='cpu'")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return device
 
 
 def run(config, device="cpu", progress=True, trainer="batched", data=None):
