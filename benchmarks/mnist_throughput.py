@@ -1,14 +1,15 @@
 """Throughput of the batched MNIST sweep against a plain PyTorch loop, and peak memory of the quick preset.
 
 Chapter 8 trains the runs of one architecture together: :class:`hyperinit_lite.experiments.mnist.BatchedRuns`
-stacks their parameters and takes one ``torch.func.vmap`` SGD step for all of them.
+stacks their (generated) mainnets and takes one ``torch.func.vmap`` SGD step for all of them, moving a
+hypernet's generated weights by the exact kernel of one SGD step on its heads (Chapter 8, Section 8.5).
 :class:`~hyperinit_lite.experiments.mnist.LoopRuns` trains the same runs one after another with
 ``torch.optim.SGD``. This script times both on the same batches of real digits and prints run-steps per second
 and their ratio, for hypernet runs and for classical-net runs of the chosen architecture, then the peak memory
 of a full ``quick`` sweep (in a fresh process, so nothing else counts).
 
-    python benchmarks/mnist_throughput.py                     # 8 runs, quick-preset architecture, CPU
-    python benchmarks/mnist_throughput.py --device cuda --width 500
+    python benchmarks/mnist_throughput.py                     # 8 runs, quick-preset architecture
+    python benchmarks/mnist_throughput.py --width 500 --runs 9 --no-memory   # one paper-width group
     python benchmarks/mnist_throughput.py --no-memory         # throughput only
 
 Timings are the best of ``--repeats`` timed blocks of ``--steps`` SGD steps each, after a warm-up, the two
@@ -24,6 +25,7 @@ import torch
 
 from hyperinit_lite.data import load_mnist
 from hyperinit_lite.experiments import mnist as M
+from hyperinit_lite.experiments import resolve_device
 
 MEMORY_SCRIPT = """
 import json, resource, sys, threading, time, torch
@@ -123,11 +125,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="SGD steps per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks; the best one counts")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--width", type=int, default=None, help="mainnet width (default: the quick preset's)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory run")
     args = parser.parse_args(argv)
-    device = M.check_device(args.device)
+    device = resolve_device(args.device)
     config = M.PRESETS["quick"]
     if args.width is not None:
         config = config.replace(width=args.width)

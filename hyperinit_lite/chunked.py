@@ -9,18 +9,18 @@ blocks, and every pair of blocks is one chunk of shape ``(K, K, kh, kw)``, numbe
 ``m = r * n_in + s`` (``r``: output block, ``s``: input block). Chunk ``m`` has its own fixed embedding
 ``z[t][m]`` (size ``d_z``, drawn from ``U(-sqrt 3, sqrt 3)``, variance 1) and is generated in two linear steps:
 
-    a[t][m]   = G[t] z[t][m] + gamma[t]                     K * d numbers, read as K vectors a[t][m][q] of size d
+    a[t][m]   = P[t] z[t][m] + gamma[t]                     K * d numbers, read as K vectors a[t][m][q] of size d
     W[t][r*K + p, s*K + q, u, v] = H[(p, u, v), :] . a[t][m][q] + beta[(p, u, v)]
 
 In index notation (``k`` runs over the ``d`` hidden units, ``l`` over the ``d_z`` embedding entries)
 
-    a[t][m]^{q k} = G[t]^{q k}_l z[t][m]^l + gamma[t]^{q k},      W[t]^{K r + p}_{K s + q, u v} = H^{p u v}_k a[t][m]^{q k} + beta^{p u v}.
+    a[t][m]^{q k} = P[t]^{q k}_l z[t][m]^l + gamma[t]^{q k},      W[t]^{K r + p}_{K s + q, u v} = H^{p u v}_k a[t][m]^{q k} + beta^{p u v}.
 
 So the ``q``-th hidden vector of a chunk is **input channel** ``s*K + q``, and the shared output layer ``(H, beta)``
 turns it into the ``K`` **output channels** ``r*K + p`` times the ``kh * kw`` taps; this is Ha et al.'s
-``K_i = <W_out, a_i>`` with ``a_i`` one vector per input channel. ``(G[t], gamma[t])`` is the *input layer*,
+``K_i = <W_out, a_i>`` with ``a_i`` one vector per input channel. ``(P[t], gamma[t])`` is the *input layer*,
 private to layer ``t`` (``input_layers='per_layer'``, one matrix shared by the layer's chunks) or to each chunk
-(``input_layers='per_chunk'``, the literal ``G[t][m]`` of Eq. 6); ``(H, beta)`` is shared by every layer with the
+(``input_layers='per_chunk'``, the literal ``P[t][m]`` of Eq. 6); ``(H, beta)`` is shared by every layer with the
 same kernel size (one output layer per distinct ``(kh, kw)``, e.g. one for the 3x3 and one for the 1x1 convs of
 an All Convolutional Net).
 
@@ -35,22 +35,22 @@ Variance (Chapter 7)
 --------------------
 With ``beta = gamma = 0``, everything independent and zero-mean,
 
-    Var(W[t]) = d Var(H) E[a^2],          E[a^2] = d_z Var(G[t]) Var(z).
+    Var(W[t]) = d Var(H) E[a^2],          E[a^2] = d_z Var(P[t]) Var(z).
 
 ``H`` serves layers of different fans, so it cannot carry any layer's fan: it gets **fan-in init**,
 ``Var(H) = 1/d`` (gain 1: ``H`` is linear), which passes the second moment of ``a`` on unchanged. The private
-``G[t]`` becomes "the output layer" of hyperfan init:
+``P[t]`` becomes "the output layer" of hyperfan init:
 
-    Var(G[t]) = c_t / (fan[t] d Var(H) d_z Var(z)) = c_t / (fan[t] d_z Var(z)),    so Var(W[t]) = c_t / fan[t],
+    Var(P[t]) = c_t / (fan[t] d Var(H) d_z Var(z)) = c_t / (fan[t] d_z Var(z)),    so Var(W[t]) = c_t / fan[t],
 
 with ``fan[t] = N_in kh kw`` (hyperfan-in) or ``N_out kh kw`` (hyperfan-out) of the *generated* conv layer and
 ``c_t = 2`` if a ReLU follows layer ``t`` (else 1). Classical init of every hypernet layer (method M1) gives
-instead ``Var(W[t]) = d Var(H) d_z Var(G) Var(z)`` with ``Var(G) = gain / d_z`` or ``gain / (K d)`` and
+instead ``Var(W[t]) = d Var(H) d_z Var(P) Var(z)`` with ``Var(P) = gain / d_z`` or ``gain / (K d)`` and
 ``Var(H) = gain / d`` or ``gain / (K kh kw)``: the same value for every layer of a kernel size, blind to its fans.
 
 Correlations (Chapter 7, Appendix A.1 reasoning): with ``input_layers='per_layer'`` two chunks ``m, m'`` of a
-layer share ``G[t]``, and given the embeddings their entries at the same position have correlation
-``cos(z[t][m], z[t][m'])`` (expectation over ``G`` and ``H``); with ``'per_chunk'`` that correlation is 0.
+layer share ``P[t]``, and given the embeddings their entries at the same position have correlation
+``cos(z[t][m], z[t][m'])`` (expectation over ``P`` and ``H``); with ``'per_chunk'`` that correlation is 0.
 """
 import math
 
@@ -58,8 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classical import MODES, check_choice, init_variance, relu_factor, sample_
-from .fans import check_positive, check_positive_int, fan_in_and_fan_out
+from .classical import MODES, init_variance, relu_factor, sample_
+from .validate import check_choice, check_positive, check_positive_int
+from .fans import fan_in_and_fan_out
 from .hyperfan import METHODS
 from .hypernet import ACTIVATIONS, uniform_embeddings
 
@@ -127,6 +128,32 @@ def all_conv_net_forward(x, kernels, biases=None, activation="relu", last_activa
     return (out, {"inputs": inputs, "preactivations": ys}) if trace else out
 
 
+def conv_input_coverage(kernel_size, stride=1, padding=0, input_size=32):
+    """How many (output position, tap) pairs of an ``f x f`` convolution read each input position.
+
+    Returns an ``(input_size, input_size)`` tensor ``n``: the backward pass sums ``dL/dy`` over exactly these
+    pairs, so an input's gradient variance is ``N_out n Var(W) Var(dL/dy)`` and the fan-out that keeps it is
+    ``N_out n``. Away from the borders ``n = f^2`` at stride 1 but about ``f^2 / stride^2`` at stride 2
+    (1, 2 or 4 by the parity of the position for ``f = 3``): ``c / (N_out f^2)`` (hyperfan-out, Kaiming
+    fan-out) then shrinks the gradient by ``n / f^2`` in that layer (Chapter 10). Computed as
+    ``d(sum of outputs)/d(input)`` of an all-ones kernel.
+    """
+    f = check_positive_int("kernel_size", kernel_size)
+    x = torch.ones(1, 1, check_positive_int("input_size", input_size), input_size, requires_grad=True)
+    y = F.conv2d(x, torch.ones(1, 1, f, f), stride=check_positive_int("stride", stride), padding=padding)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    return grad[0, 0]
+
+
+def all_conv_net_coverage(input_size=32):
+    """Mean :func:`conv_input_coverage` of each All-CNN-C layer for ``input_size x input_size`` images."""
+    shapes, size, out = all_conv_net_shapes(1, 1, 1), check_positive_int("input_size", input_size), []
+    for (_, _, f, _), stride, pad in zip(shapes, ALL_CONV_STRIDES, ALL_CONV_PADDINGS):
+        out.append(conv_input_coverage(f, stride, pad, size).mean().item())
+        size = (size + 2 * pad - f) // stride + 1
+    return out
+
+
 class ChunkedHypernet(nn.Module):
     """Static chunked hypernet generating the conv kernels of ``shapes`` (Ha et al. 2016; Chapter 7).
 
@@ -141,13 +168,13 @@ class ChunkedHypernet(nn.Module):
         embedding_dim: ``d_z``, size of each chunk embedding.
         activation: nonlinearity after every mainnet layer but the last (sets ``c_t`` for hyperfan init).
         last_activation: nonlinearity after the last mainnet layer.
-        input_layers: ``'per_layer'`` (one ``G[t]`` per layer) or ``'per_chunk'`` (one ``G[t][m]`` per chunk).
+        input_layers: ``'per_layer'`` (one ``P[t]`` per layer) or ``'per_chunk'`` (one ``P[t][m]`` per chunk).
         learn_embeddings: train the chunk embeddings instead of keeping them fixed.
         generator: ``torch.Generator`` for the embeddings and the initial parameters.
 
     The parameters start with chunked hyperfan-in init (:func:`chunked_hyperfan_in_`); apply any other
     initializer of this module afterwards. Attributes: ``embeddings[t]`` ``(n_chunks, d_z)``;
-    ``input_weights[t]`` ``(1 or n_chunks, K*d, d_z)`` and ``input_biases[t]`` ``(1 or n_chunks, K*d)`` (``G``,
+    ``input_weights[t]`` ``(1 or n_chunks, K*d, d_z)`` and ``input_biases[t]`` ``(1 or n_chunks, K*d)`` (``P``,
     ``gamma``); ``output_layers[h]`` an ``nn.Linear(d, K*kh*kw)`` (``H``, ``beta``) with ``h =
     output_layer_of[t]``; ``grid[t] = (n_out, n_in)``.
     """
@@ -234,7 +261,7 @@ def _check(hnet):
 
 
 def chunked_kernel_variance(input_variance, output_variance, hidden_size, embedding_dim, embedding_variance=1.0):
-    """``Var(W) = d Var(H) d_z Var(G) Var(z)``: variance of a generated kernel entry (Chapter 7, Eq. chunk-var)."""
+    """``Var(W) = d Var(H) d_z Var(P) Var(z)``: variance of a generated kernel entry (Chapter 7, Eq. chunk-var)."""
     return (check_positive_int("hidden_size", hidden_size) * output_variance
             * check_positive_int("embedding_dim", embedding_dim) * input_variance
             * check_positive("embedding_variance", embedding_variance))
@@ -242,10 +269,10 @@ def chunked_kernel_variance(input_variance, output_variance, hidden_size, embedd
 
 def chunked_hyperfan_variances(method, fan_in, fan_out, hidden_size, embedding_dim, embedding_variance=1.0,
                                nonlinearity="relu"):
-    """``(Var(G[t]), Var(H))`` of chunked hyperfan-``method`` for one generated conv layer (Chapter 7).
+    """``(Var(P[t]), Var(H))`` of chunked hyperfan-``method`` for one generated conv layer (Chapter 7).
 
     ``Var(H) = 1/d`` (fan-in init of the shared output layer) and
-    ``Var(G[t]) = target / (d Var(H) d_z Var(z))`` with ``target = c / fan_in``, ``c / fan_out`` or their
+    ``Var(P[t]) = target / (d Var(H) d_z Var(z))`` with ``target = c / fan_in``, ``c / fan_out`` or their
     harmonic mean for ``method`` ``'in'``, ``'out'``, ``'harmonic'``; ``fan_in = N_in kh kw``,
     ``fan_out = N_out kh kw``; ``c = 2`` for ReLU. Then ``Var(W[t]) = target`` exactly.
     """
@@ -258,11 +285,11 @@ def chunked_hyperfan_variances(method, fan_in, fan_out, hidden_size, embedding_d
 
 
 def chunked_init_variances(hnet, init, mode="fan_in", embedding_variance=None):
-    """Per layer ``(Var(G[t]), Var(H))`` that initializer ``init`` (one of ``CHUNKED_INITS``) samples from.
+    """Per layer ``(Var(P[t]), Var(H))`` that initializer ``init`` (one of ``CHUNKED_INITS``) samples from.
 
     ``'hyperfan_in'``, ``'hyperfan_out'``, ``'hyperfan_harmonic'``: :func:`chunked_hyperfan_variances`
     (``mode`` is ignored). ``'kaiming'`` (gain 2) and ``'xavier'`` (gain 1): method M1, every hypernet layer
-    gets ``init_variance(fan_in, fan_out, mode, gain)`` of its own shape: ``G`` maps ``d_z -> K d``, ``H`` maps
+    gets ``init_variance(fan_in, fan_out, mode, gain)`` of its own shape: ``P`` maps ``d_z -> K d``, ``H`` maps
     ``d -> K kh kw``.
     """
     _check(hnet)
@@ -313,12 +340,12 @@ def chunked_init_(hnet, init, mode="fan_in", embedding_variance=None, distributi
 
 
 def chunked_hyperfan_in_(hnet, embedding_variance=None, distribution="uniform", generator=None):
-    """Chunked hyperfan-in (Appendix A.2): ``Var(H) = 1/d``, ``Var(G[t]) = c_t / (fan_in[t] d_z Var(z))``."""
+    """Chunked hyperfan-in (Appendix A.2): ``Var(H) = 1/d``, ``Var(P[t]) = c_t / (fan_in[t] d_z Var(z))``."""
     return chunked_init_(hnet, "hyperfan_in", "fan_in", embedding_variance, distribution, generator)
 
 
 def chunked_hyperfan_out_(hnet, embedding_variance=None, distribution="uniform", generator=None):
-    """Chunked hyperfan-out (Appendix A.2): ``Var(H) = 1/d``, ``Var(G[t]) = c_t / (fan_out[t] d_z Var(z))``."""
+    """Chunked hyperfan-out (Appendix A.2): ``Var(H) = 1/d``, ``Var(P[t]) = c_t / (fan_out[t] d_z Var(z))``."""
     return chunked_init_(hnet, "hyperfan_out", "fan_in", embedding_variance, distribution, generator)
 
 
@@ -328,7 +355,7 @@ def chunked_hyperfan_harmonic_(hnet, embedding_variance=None, distribution="unif
 
 
 def chunked_kaiming_(hnet, mode="fan_in", distribution="uniform", generator=None):
-    """M1 with Kaiming (gain 2) on every hypernet layer, ``G`` and ``H`` alike (the paper's CIFAR baseline)."""
+    """M1 with Kaiming (gain 2) on every hypernet layer, ``P`` and ``H`` alike (the paper's CIFAR baseline)."""
     return chunked_init_(hnet, "kaiming", mode, None, distribution, generator)
 
 
@@ -358,7 +385,7 @@ def chunked_predicted_variances(hnet, init, mode="fan_in", embedding_variance=No
     With ``conditional=True`` the population ``Var(z)`` is replaced by the mean square of layer ``t``'s own
     fixed embeddings, each chunk weighted by the share of its entries that the kernel keeps
     (:meth:`ChunkedHypernet.kept_fraction`): the expected kernel variance *given* the sampled embeddings, i.e.
-    the value the measurement fluctuates around when only ``G`` and ``H`` are redrawn.
+    the value the measurement fluctuates around when only ``P`` and ``H`` are redrawn.
     """
     variances = chunked_init_variances(hnet, init, mode, embedding_variance)
     var_z = hnet.embedding_variance if embedding_variance is None else embedding_variance

@@ -12,17 +12,11 @@ import math
 
 import torch
 
-from .fans import check_positive, fan_in_and_fan_out
+from .fans import fan_in_and_fan_out
+from .validate import check_choice, check_positive
 
 MODES = ("fan_in", "fan_out", "harmonic")
 NONLINEARITIES = ("linear", "tanh", "relu")
-
-
-def check_choice(name, value, allowed):
-    """Raise ``ValueError`` naming ``name`` and the allowed values unless ``value in allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
 
 
 def relu_factor(nonlinearity):
@@ -55,21 +49,27 @@ def kaiming_variance(shape, mode="fan_in", nonlinearity="relu"):
     return init_variance(*fan_in_and_fan_out(shape), mode=mode, gain=relu_factor(nonlinearity))
 
 
+def _check_variance(variance, dtype):
+    """``variance`` as float; ``ValueError`` unless it is >= 0 and ``3 variance`` fits into ``dtype``."""
+    if not variance >= 0:
+        raise ValueError(f"variance must be >= 0, got {variance!r}")
+    if not math.sqrt(3.0 * variance) < torch.finfo(dtype).max:
+        raise ValueError(f"variance {variance!r} is too large to sample into a {dtype} tensor (is "
+                         f"embedding_variance tiny, or a fan 0?); use a larger embedding_variance or float64")
+    return float(variance)
+
+
 @torch.no_grad()
 def uniform_(tensor, variance, generator=None):
     """Fill ``tensor`` in place from ``U(-sqrt(3 var), sqrt(3 var))``, whose variance is ``var``."""
-    if not variance >= 0:
-        raise ValueError(f"variance must be >= 0, got {variance!r}")
-    bound = math.sqrt(3.0 * variance)
+    bound = math.sqrt(3.0 * _check_variance(variance, tensor.dtype))
     return tensor.uniform_(-bound, bound, generator=generator)
 
 
 @torch.no_grad()
 def normal_(tensor, variance, generator=None):
     """Fill ``tensor`` in place from ``N(0, var)``."""
-    if not variance >= 0:
-        raise ValueError(f"variance must be >= 0, got {variance!r}")
-    return tensor.normal_(0.0, math.sqrt(variance), generator=generator)
+    return tensor.normal_(0.0, math.sqrt(_check_variance(variance, tensor.dtype)), generator=generator)
 
 
 DISTRIBUTIONS = {"uniform": uniform_, "normal": normal_}

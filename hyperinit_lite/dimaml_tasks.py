@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classical import check_choice
+from .validate import check_choice, check_positive_int
 from .data import mnist_images, stratified_split
-from .fans import check_positive_int
 
 IMAGE_SETS = ("mnist", "digits", "mnist-shuffled", "digits-shuffled")
 CORPORA = ("docstrings", "source")

@@ -14,8 +14,8 @@ equals ``Var(e)``. With ``c = 2`` for a ReLU mainnet layer (else 1), ``d_j = fan
 ``beta`` and ``gamma`` start at zero. ``harmonic`` takes the true harmonic mean of the two, component by
 component (0 when either is 0).
 """
-from .classical import check_choice, harmonic_mean, relu_factor
-from .fans import check_positive
+from .classical import harmonic_mean, relu_factor
+from .validate import check_choice, check_positive
 
 METHODS = ("in", "out", "harmonic")
 

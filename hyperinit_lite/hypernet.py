@@ -15,10 +15,10 @@ import math
 import torch
 from torch import nn
 
-from .classical import NONLINEARITIES, check_choice, init_variance, relu_factor, sample_
-from .fans import check_positive_int
+from .classical import NONLINEARITIES, init_variance, relu_factor, sample_
+from .validate import check_choice, check_positive_int
 
-ACTIVATIONS = {"linear": lambda x: x, "tanh": torch.tanh, "relu": torch.relu}
+ACTIVATIONS = {"linear": lambda x: x, "tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
 
 def check_layer_sizes(layer_sizes):
@@ -53,10 +53,14 @@ def mainnet_forward(x, weights, biases, activation="tanh", trace=False):
     check_choice("activation", activation, tuple(ACTIVATIONS))
     if len(weights) != len(biases):
         raise ValueError(f"got {len(weights)} weights but {len(biases)} biases")
+    if weights and x.dtype != weights[0].dtype:
+        raise ValueError(f"x has dtype {x.dtype} but the weights have {weights[0].dtype}; cast the input, "
+                         f"e.g. x.to({weights[0].dtype}), or the model, e.g. hypernet.to({x.dtype})")
     act, inputs, ys = ACTIVATIONS[activation], [], []
     for t, (w, b) in enumerate(zip(weights, biases)):
         if x.shape[-1] != w.shape[1]:
-            raise ValueError(f"layer {t}: input has {x.shape[-1]} features but weight has shape {tuple(w.shape)}")
+            raise ValueError(f"layer {t + 1}: input has {x.shape[-1]} features but weight has shape "
+                             f"{tuple(w.shape)}")
         inputs.append(x)
         y = x @ w.T + b
         ys.append(y)

@@ -7,8 +7,8 @@
 """
 import torch
 
-from .classical import check_choice, init_variance, relu_factor, sample_
-from .fans import check_positive
+from .classical import init_variance, relu_factor, sample_
+from .validate import check_choice, check_positive
 from .hyperfan import METHODS, hyperfan_variances
 from .hypernet import Hypernet, layer_nonlinearities
 

@@ -11,7 +11,7 @@ radial derivative ``dGQ/dr = <W, dGQ/dW> / |W|`` drives sign-gradient descent wi
 """
 import torch
 
-from .fans import check_positive, check_positive_int
+from .validate import check_positive, check_positive_int
 
 
 def gradient_quotient(loss, params, eps=1e-5):

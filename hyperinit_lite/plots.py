@@ -11,10 +11,12 @@ The experiment runners store, per run, a *record* (a dict) with at least:
   ``diverged_at`` (the batch at which the run's loss became non-finite, or ``None``); a run that diverged
   has ``hist["after"] = None`` and its panels say so.
 
-Figures take ``{label: [record per seed]}`` and draw one panel per label (setting), side by side, as the paper
-does. Histograms and evolutions show the first seed (the title says so when there are several); curves and
-variance profiles show the mean over seeds with a min-max band.
-Stored JSON writes non-finite numbers as strings; :func:`~hyperinit_lite.results.as_array` turns them back into floats.
+Figures take ``{label: [record per seed]}`` (one entry per setting). The paper's figure families
+(:func:`settings_family`: histograms before and after, evolution during training) show the first seed, as
+their titles say; curves, variance profiles and the settling measure show the mean over seeds with a min-max
+band, on shared axes.
+Stored JSON writes non-finite numbers as strings; :func:`~hyperinit_lite.results.as_array` turns them back
+into floats.
 """
 import matplotlib.pyplot as plt
 import numpy as np
@@ -28,17 +30,11 @@ QUANTITY_LABELS = {
     "weight_grad": r"weight gradients $\partial L/\partial W[t]$",
     "bias": "generated biases $b[t]$",
 }
-WHEN_LABELS = {"before": "before training", "after": "at the end of training", "during": "during training"}
 
 
 def layer_colors(n, cmap="viridis"):
     """``n`` colors from ``cmap``, first layer dark, last layer light."""
     return [plt.get_cmap(cmap)(v) for v in np.linspace(0.0, 0.9, n)]
-
-
-def _check_when(when):
-    if when not in ("before", "after"):
-        raise ValueError(f"when must be 'before' or 'after', got {when!r}")
 
 
 def _diverged_panel(ax, rec, title=None):
@@ -109,31 +105,9 @@ def _histograms_or_note(ax, rec, when, quantity, title, legend):
     return plot_layer_histograms(ax, hists[quantity], title, legend)
 
 
-def settings_histograms(records_by_label, quantity, when="before", title=None):
-    """One histogram panel per setting: ``quantity`` per layer ``when`` (``'before'`` / ``'after'``) training."""
-    _check_when(when)
-    fig, axes = _panels(1, len(records_by_label))
-    for ax, (label, recs) in zip(axes[0], records_by_label.items()):
-        _histograms_or_note(ax, recs[0], when, quantity, label, legend=ax is axes[0][0])
-    fig.suptitle((title or f"{QUANTITY_LABELS.get(quantity, quantity)} {WHEN_LABELS[when]}")
-                 + _first_seed_note(records_by_label), fontsize=10)
-    return fig
-
-
-def settings_evolution(records_by_label, quantity, title=None):
-    """One panel per setting: mean +- one std of ``quantity`` per layer at every measurement."""
-    fig, axes = _panels(1, len(records_by_label))
-    for ax, (label, recs) in zip(axes[0], records_by_label.items()):
-        rec = recs[0]
-        plot_layer_evolution(ax, rec["steps"], rec["stats"][quantity]["mean"], rec["stats"][quantity]["var"],
-                             label, legend=ax is axes[0][0])
-    fig.suptitle((title or f"{QUANTITY_LABELS.get(quantity, quantity)} {WHEN_LABELS['during']}")
-                 + _first_seed_note(records_by_label), fontsize=10)
-    return fig
-
-
 def settings_family(records_by_label, quantity, title=None):
-    """The paper's figure family for one quantity: rows before / during / after training, one column per setting."""
+    """The paper's figure family of one quantity: rows before / during / after training, one column per
+    setting (the first seed)."""
     fig, axes = _panels(3, len(records_by_label), height=2.3)
     for col, (label, recs) in enumerate(records_by_label.items()):
         rec = recs[0]
@@ -160,33 +134,82 @@ def _band(ax, x, runs, label, color):
     return line
 
 
-def loss_accuracy(records_by_label, title=None):
-    """The paper's Figure 3: training loss, test loss and test accuracy per setting, against training batches.
-
-    Training loss: mean cross-entropy averaged over each measurement window; test loss: cross-entropy summed
-    over the test set (Appendix B.1); both on a log scale. A diverged run's curves stop; a dotted line and a
-    cross mark the batch where its loss became non-finite.
-    """
-    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.1), layout="constrained")
-    colors = plt.get_cmap("tab10").colors
+def _curve_panels(ax_loss, ax_acc, records_by_label, colors):
+    """Training loss and test accuracy of every setting (mean over seeds, min-max band) on two axes."""
     for i, (label, recs) in enumerate(records_by_label.items()):
         steps = as_array(recs[0]["steps"])
-        _band(axes[0], steps[1:], [r["train_loss"] for r in recs], label, colors[i])
-        _band(axes[1], steps, [r["test_loss"] for r in recs], label, colors[i])
-        _band(axes[2], steps, [r["test_accuracy"] for r in recs], label, colors[i])
+        _band(ax_loss, steps[1:], [r["train_loss"] for r in recs], label, colors[i])
+        _band(ax_acc, steps, [r["test_accuracy"] for r in recs], label, colors[i])
         for r in recs:
             if r.get("diverged_at") is not None:
-                axes[0].axvline(r["diverged_at"], color=colors[i], ls=":", lw=1)
-                axes[0].plot([r["diverged_at"]], [1.0], "x", color=colors[i], ms=8,
-                             transform=axes[0].get_xaxis_transform(), clip_on=False)
-    for ax, ylabel in zip(axes, ("training loss (mean CE)", "test loss (summed CE)", "test accuracy")):
+                ax_loss.axvline(r["diverged_at"], color=colors[i], ls=":", lw=1)
+                ax_loss.plot([r["diverged_at"]], [1.0], "x", color=colors[i], ms=8,
+                             transform=ax_loss.get_xaxis_transform(), clip_on=False)
+
+
+def group_curves(groups, title=None):
+    """Figures 3 and 16 of the paper, one row per group: training loss (log) and test accuracy per setting.
+
+    ``groups`` maps a row title to ``{setting label: [record per seed]}``. Lines are means over seeds, bands
+    their min-max range; all panels share the x-axis, each column its y-axis. Training loss: mean
+    cross-entropy averaged over each measurement window. A diverged run's curves stop; a dotted line and a
+    cross mark the batch where its loss became non-finite.
+    """
+    n = len(groups)
+    fig, axes = plt.subplots(n, 2, figsize=(8.5, 2.3 * n + 0.8), sharex=True, sharey="col", squeeze=False,
+                             layout="constrained")
+    colors = plt.get_cmap("tab10").colors
+    for row, (name, records_by_label) in zip(axes, groups.items()):
+        _curve_panels(row[0], row[1], records_by_label, colors)
+        row[0].set_ylabel("training loss (mean CE)")
+        row[1].set_ylabel("test accuracy")
+        row[0].set_title(name, fontsize=10, loc="left")
+    axes[0][0].set_yscale("log")
+    for ax in axes[-1]:
         ax.set_xlabel("training batches")
-        ax.set_ylabel(ylabel)
-    axes[0].set_yscale("log")
-    axes[1].set_yscale("log")
-    axes[2].legend(fontsize=7, frameon=False)
+    lines = axes[0][1].get_lines()  # the settings of the first row, in order (other rows use the same colors)
+    fig.legend(lines, [line.get_label() for line in lines], loc="outside lower center", ncol=4, fontsize=9,
+               frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def log_variance_change(records, quantity="weight", per=1000):
+    """``(steps, change)``: how fast each run's per-layer variance of ``quantity`` still moves.
+
+    ``change[r, m]`` is the median over layers of ``|log Var[m] - log Var[m-1]|`` per ``per``
+    training batches, for run ``r`` between measurements ``m - 1`` and ``m``; ``steps`` are the batches at
+    ``m``. A value of 0.1 means the variance changes by about 10 % every ``per`` batches; a generated weight
+    that has settled gives values near 0. NaN after a run diverged.
+    """
+    steps = as_array(records[0]["steps"])
+    var = as_array([r["stats"][quantity]["var"] for r in records])  # (runs, measurements, layers)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = np.abs(np.diff(np.log(var), axis=1)) / np.diff(steps)[None, :, None] * per
+    return steps[1:], np.median(change, axis=2)
+
+
+def settling(panels, quantity="weight", per=1000, title=None):
+    """Figure 2 of the paper, condensed: :func:`log_variance_change` of ``quantity`` against training batches.
+
+    ``panels`` maps a panel title to ``{setting label: [record per seed]}``; one line per setting (mean over
+    seeds, min-max band), log y-axis shared by the panels.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.4), sharey=True, squeeze=False,
+                             layout="constrained")
+    colors = plt.get_cmap("tab10").colors
+    for ax, (name, records_by_label) in zip(axes[0], panels.items()):
+        for i, (label, recs) in enumerate(records_by_label.items()):
+            steps, change = log_variance_change(recs, quantity, per)
+            _band(ax, steps, change, label, colors[i])
+        ax.set_yscale("log")
+        ax.set_xlabel("training batches")
+        ax.set_title(name, fontsize=10)
+    axes[0][0].set_ylabel(f"|change of log Var| per {per} batches\n(median over layers)")
+    axes[0][-1].legend(fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fans import check_positive_int
+from .validate import check_positive_int
 
 TASK_NAMES = ("x + 3", "2x^2 - 1", "(x - 3)^3")
 INTERVALS = ((-4.0, -2.0), (-1.0, 1.0), (2.0, 4.0))

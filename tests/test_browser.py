@@ -16,7 +16,14 @@ by a ``http.server`` thread, and every page is opened with Selenium driving Debi
 * every saved widget view rendered (its ``.widget-subarea`` holds ``.widget-*`` / ``.jupyter-widgets``
   elements);
 * every internal link resolves: a local file that exists, and an anchor that exists in the target page;
-* a chapter page links to Colab at exactly that notebook's path on the repository, and no other Colab link.
+* a chapter page links to Colab at exactly that notebook's path on the repository of ``_config.yml``, and no
+  other Colab link;
+* on a page of the toc, nothing a reader must scroll sideways to read, and nothing shrunk into illegibility
+  (``LAYOUT_REPORT``; each failure names the page, the cell and the line): no stderr block longer than
+  ``MAX_STDERR_LINES`` lines, no code block or output wider than its column (``scrollWidth > clientWidth``
+  in the 1280 px wide window: 90 characters of code fit, see ``book/_static/css/book.css``), and no image
+  rendered below ``MIN_IMAGE_SCALE`` of the width it asks for (a retina figure asks for half its pixel width,
+  so a sharp figure at the page's width passes and a large low-resolution one scaled down fails).
 
 Screenshots of a few pages are taken on every run (each must be a readable PNG under 300 KB) and written to
 ``book/_static/screenshots/`` (the README shows two) only when asked, ``UPDATE_SCREENSHOTS=1``, so a test run
@@ -30,6 +37,7 @@ import http.server
 import json
 import os
 import re
+import runpy
 import shutil
 import threading
 import time
@@ -39,7 +47,9 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COLAB = "https://colab.research.google.com/github/hyperinit/initializing-hypernetworks/blob/main/chapters/"
+REPO = runpy.run_path(str(ROOT / "book" / "set_repository_url.py"))  # the repository named in _config.yml
+MAX_STDERR_LINES = 20
+MIN_IMAGE_SCALE = 0.6
 SCREENSHOTS = ROOT / "book" / "_static" / "screenshots"
 MAX_SCREENSHOT_BYTES = 300_000
 # The machine is offline: a resource of another host (a CDN) cannot load. Chromium reports that as
@@ -53,6 +63,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+@functools.lru_cache(maxsize=None)
 def toc_docnames():
     """Documents of _toc.yml (root and every ``file:``), known before the build: one test each."""
     text = (ROOT / "_toc.yml").read_text()
@@ -231,6 +242,47 @@ const t0 = Date.now();
 """
 
 
+LAYOUT_REPORT = """
+const [maxStderr, minScale] = arguments;
+const article = document.querySelector('.bd-article') || document.body;
+const cells = Array.from(article.querySelectorAll('.cell'));
+const where = e => { const c = e.closest('.cell');
+  return c ? `code cell ${cells.indexOf(c) + 1} ${e.closest('.cell_output') ? 'output' : 'input'}`
+           : `code block${e.closest('details') ? ' in a dropdown' : ''}`; };
+const longest = e => e.textContent.split('\\n').reduce((a, b) => b.length > a.length ? b : a, '');
+const r = {wide: [], stderr: [], small: []};
+article.querySelectorAll('pre, .cell_output > *').forEach(e => {
+  if (e.scrollWidth > e.clientWidth + 1) {
+    const line = longest(e);
+    r.wide.push(`${where(e)}: ${e.scrollWidth} px in a ${e.clientWidth} px column, longest line ` +
+                `${line.length} characters: ${JSON.stringify(line.slice(0, 50))}`);
+  }
+});
+article.querySelectorAll('.output.stderr').forEach(e => {
+  const lines = e.innerText.trim().split('\\n').length;
+  if (lines > maxStderr) r.stderr.push(`${where(e)}: ${lines} lines`);
+});
+article.querySelectorAll('.cell_output img, .widget-subarea img').forEach(i => {
+  const shown = i.getBoundingClientRect().width;
+  if (!shown || !i.naturalWidth) return;  // hidden (a closed dropdown, another tab), or broken: reported above
+  const px = v => /^[0-9.]+(px)?$/.test(v || '') ? parseFloat(v) : 0;
+  const asked = px(i.getAttribute('width')) || px(i.style.width) || i.naturalWidth;
+  if (shown < minScale * asked)
+    r.small.push(`${where(i)}: ${Math.round(shown)} px of ${Math.round(asked)} px ` +
+                 `(${Math.round(100 * shown / asked)} %, natural width ${i.naturalWidth} px)`);
+});
+return r;
+"""
+
+
+def layout_problems(driver):
+    """What a reader cannot read without scrolling sideways or squinting (see the module docstring)."""
+    report = driver.execute_script(LAYOUT_REPORT, MAX_STDERR_LINES, MIN_IMAGE_SCALE)
+    return ([f"stderr block longer than {MAX_STDERR_LINES} lines, {w}" for w in report["stderr"]]
+            + [f"wider than its column, {w}" for w in report["wide"]]
+            + [f"image shown below {MIN_IMAGE_SCALE:.0%} of the width it asks for, {w}" for w in report["small"]])
+
+
 def check_links(hrefs, html_root, base):
     """Links into the book (same server) must reach an existing file and, with a fragment, an existing id."""
     problems = []
@@ -294,8 +346,10 @@ def visit(driver, url, html_root, base, docname):
     hrefs = driver.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
     problems += check_links(hrefs, html_root, base)
     colab = sorted({h for h in hrefs if h.startswith("https://colab.research.google.com")})
+    if docname in toc_docnames():
+        problems += layout_problems(driver)
     if docname.startswith("chapters/"):
-        expected = COLAB + Path(docname).name + ".ipynb"
+        expected = REPO["colab_url"](*REPO["read_settings"](ROOT), f"{docname}.ipynb")
         if expected not in colab:
             problems.append(f"no Colab link to {expected}")
         problems += [f"Colab link to another path: {h}" for h in colab if h != expected]
@@ -401,3 +455,29 @@ def test_screenshots(driver, server, reports, tmp_path_factory):
         if update:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, SCREENSHOTS / path.name)
+
+
+SYNTHETIC_PAGE = """<!doctype html><html><body><div class="bd-article" style="width: 700px">
+<div class="cell"><div class="cell_input"><pre style="overflow: auto">{fits}</pre></div>
+<div class="cell_output"><div class="output stderr"><pre style="overflow: auto">{short_stderr}</pre></div>
+<img src="retina.png" width="640" style="max-width: 100%"></div></div>
+<div class="cell"><div class="cell_input"><pre style="overflow: auto">{wide}</pre></div>
+<div class="cell_output"><div class="output stderr"><pre style="overflow: auto">{long_stderr}</pre></div>
+<img src="large.png" style="max-width: 100%"></div></div>
+</div></body></html>"""
+
+
+def test_layout_checks_on_a_synthetic_page(driver, tmp_path):
+    """The layout checks on a page with one good and one bad cell: each rule fires on the bad cell only."""
+    from PIL import Image
+
+    Image.new("RGB", (1280, 200), "white").save(tmp_path / "retina.png")  # 2x pixels for 640 px: sharp, passes
+    Image.new("RGB", (1400, 200), "white").save(tmp_path / "large.png")  # shown at 700 px: 50 %, fails
+    page = tmp_path / "page.html"
+    page.write_text(SYNTHETIC_PAGE.format(fits="x" * 40, wide="y" * 200, short_stderr="\n".join("s" * 20),
+                                          long_stderr="\n".join("l" * (MAX_STDERR_LINES + 5))))
+    driver.get(page.as_uri())
+    driver.execute_async_script(IMAGE_REPORT)
+    problems = layout_problems(driver)
+    assert len(problems) == 3 and all("code cell 2" in p for p in problems), "\n".join(problems)
+    assert "25 lines" in problems[0] and "200 characters" in problems[1] and "50 %" in problems[2], problems

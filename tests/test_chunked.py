@@ -288,3 +288,18 @@ def test_chunks_of_a_layer_correlate_like_their_embeddings_only_with_a_shared_in
     assert max(abs(c) for c in expected) > 0.3 or input_layers == "per_chunk"  # the test has something to see
     for mean, sd, e in zip(runs.mean(0), runs.std(0), expected):
         assert abs(mean.item() - e) < 6 * sd.item() / math.sqrt(reps) + 1e-3, (mean.item(), e)
+
+
+def test_conv_input_coverage_counts_the_outputs_that_read_each_input():
+    """Hand counts: a 3x3 stride-1 conv with padding 1 reads an interior input 9 times, an edge 6, a corner 4;
+    at stride 2 an input is read 1, 2 or 4 times by the parity of its position (Chapter 10's stride caveat)."""
+    one = hc.conv_input_coverage(3, 1, 1, 5)
+    assert one[2, 2] == 9 and one[0, 2] == 6 and one[0, 0] == 4
+    two = hc.conv_input_coverage(3, 2, 1, 8)
+    assert two[0, 0] == 1 and two[1, 0] == 2 and two[1, 1] == 4 and two[7, 7] == 1
+    # reads per axis: 3 * 32 - 2 = 94 over 32 positions at stride 1 with padding 1; 3 * 16 - 1 = 47 at stride 2
+    coverage = hc.all_conv_net_coverage(32)
+    assert coverage[:3] == pytest.approx([(94 / 32) ** 2] * 2 + [(47 / 32) ** 2])
+    assert coverage[3:] == pytest.approx([(46 / 16) ** 2] * 2 + [(23 / 16) ** 2] + [(18 / 8) ** 2, 1.0, 1.0])
+    with pytest.raises(ValueError, match="stride"):
+        hc.conv_input_coverage(3, 0, 1, 8)

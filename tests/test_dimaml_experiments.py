@@ -1,5 +1,5 @@
-"""Tests of the DIMAML experiment models, data and command line (Chapters 12 and 13)."""
-import argparse
+"""Tests of the DIMAML experiment models, data, runners and command line (Chapter 12)."""
+import dataclasses
 import math
 
 import pytest
@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from hyperinit_lite import dimaml_tasks as tasks
-from hyperinit_lite.__main__ import main as cli_main
-from hyperinit_lite.dimaml import LearnedInitializer, load_initializer, save_initializer
-from hyperinit_lite.experiments import dimaml as exp
+from hyperinit_lite.dimaml import InnerOptimizer, LearnedInitializer, load_initializer, save_initializer
+from hyperinit_lite.experiments import autoencoder as ae
+from hyperinit_lite.experiments import char_lstm as cl
+from hyperinit_lite.experiments.meta_training import train_steps
+from cli_harness import check_interrupt_resume
 
 
 @pytest.mark.parametrize("size", [8, 16, 28])
@@ -32,13 +34,6 @@ def test_char_lstm_shapes_and_uniform_start():
     assert logits.shape == (3, 7, len(tasks.VOCAB))
     # with zero logits the loss is exactly ln(vocab): the bpc helper divides by ln 2
     assert tasks.lm_loss(torch.zeros_like(logits), x).item() == pytest.approx(math.log(len(tasks.VOCAB)))
-
-
-def test_mainnet_of_hypernet_matches_hypernet():
-    net = exp.bridge_hypernet(exp.get_config("bridge", width=4, embedding_dim=3))
-    x = torch.randn(2, 784)
-    assert torch.equal(net(x), net.hypernet.mainnet(x))
-    assert LearnedInitializer(net).names == [f"hypernet.weight_heads.{i}.weight" for i in range(3)]
 
 
 @pytest.mark.parametrize("name", tasks.IMAGE_SETS)
@@ -75,42 +70,64 @@ def test_text_batch_targets_are_next_symbols(gen):
         tasks.text_batch(ids, 4, 100, gen)
 
 
-def test_get_config_errors_list_valid_names():
-    with pytest.raises(ValueError, match="task must be one of 'autoencoder', 'lstm', 'bridge'; got 'resnet'"):
-        exp.get_config("resnet")
-    with pytest.raises(ValueError, match="preset must be one of 'quick', 'paper'"):
-        exp.get_config("lstm", "full")
+def test_config_errors_list_valid_names():
+    with pytest.raises(ValueError, match="inits entry must be one of 'kaiming', 'orthogonal'"):
+        ae.AutoencoderConfig(inits=("kaiming", "fixup"))
+    with pytest.raises(ValueError, match="inits entry must be one of 'baseline'"):
+        cl.LSTMConfig(inits=("kaiming",))
     with pytest.raises(ValueError, match="name must be one of"):
         tasks.image_data("cifar")
-    with pytest.raises(TypeError):
-        exp.get_config("bridge", no_such_field=1)
 
 
-def test_cli_rejects_unknown_task(capsys):
-    with pytest.raises(SystemExit):
-        cli_main(["dimaml", "--task", "resnet"])
-    err = capsys.readouterr().err
-    assert "invalid choice: 'resnet'" in err and "autoencoder" in err and "bridge" in err
+def test_autoencoder_base_has_true_fans_and_no_relu_gain_on_linear_layers():
+    """Issue 13: ``decoder.7``, ``ConvTranspose2d(8, 1, 4)``, weight ``(8, 1, 4, 4)``, linear: 1/sqrt(128)."""
+    stds = ae.base_stds(tasks.ConvAutoencoder(16, channels=8, latent=16))
+    assert stds["decoder.7.weight"] == pytest.approx(1 / math.sqrt(8 * 16))  # was sqrt(2 / 16) = 0.354
+    assert stds["decoder.4.weight"] == pytest.approx(math.sqrt(2 / (16 * 16)))  # ConvTranspose2d(16, 8, 4)
+    assert stds["encoder.7.weight"] == pytest.approx(1 / math.sqrt(16 * 4 * 4))  # linear bottleneck
+    assert stds["encoder.0.weight"] == pytest.approx(math.sqrt(2 / 9))
 
 
-def test_cli_parses_presets():
-    parser = exp.add_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--task", "lstm", "--preset", "paper"])
-    assert (args.task, args.preset, args.device) == ("lstm", "paper", "cpu")
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--task", "lstm", "--preset", "slow"])
+def test_kaiming_autoencoder_starts_near_the_data_scale():
+    """With the true fans the untrained reconstruction has the scale of the images (was 1.5-2.9 test MSE)."""
+    config = ae.AutoencoderConfig()
+    _, test = tasks.image_data("digits", 16)
+    net = ae.build(ae.autoencoder_model, config, 0, "cpu")
+    ae.initialize(net, "kaiming", {}, config, 0, None).eval()
+    with torch.no_grad():
+        assert float(F.mse_loss(net(test), test)) < 0.5
 
 
-def test_paper_presets_follow_published_inner_loops():
-    ae, lm = exp.get_config("autoencoder", "paper"), exp.get_config("lstm", "paper")
-    assert (ae.inner_steps, ae.lr, ae.momentum, ae.batch_size, ae.checkpoint_every) == (600, 0.01, 0.9, 128, 15)
-    assert ae.val_steps == tuple(range(200, 601, 50)) and ae.meta_steps == 1500 and ae.plif_meta_steps == 3000
-    assert (lm.embed, lm.hidden, lm.inner_steps, lm.lr, lm.batch_size) == (128, 256, 200, 1e-3, 128)
+def test_orthogonal_baseline_has_orthonormal_rows_with_gain():
+    net = ae.orthogonal_(tasks.ConvAutoencoder(16, channels=8, latent=16), torch.Generator().manual_seed(0))
+    w = dict(net.named_parameters())["encoder.3.weight"].detach().flatten(1)  # (16, 72): rows orthogonal
+    torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(16), atol=1e-5, rtol=0)
+    v = dict(net.named_parameters())["encoder.7.weight"].detach()  # (16, 256), linear: gain 1
+    torch.testing.assert_close(v @ v.T, torch.eye(16), atol=1e-5, rtol=0)
+
+
+def test_mean_image_mse_is_the_pixel_variance_about_the_training_mean():
+    train, test = torch.zeros(4, 1, 2, 2), torch.ones(3, 1, 2, 2)
+    assert ae.mean_image_mse(train, test) == 1.0
+    train = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1)
+    assert ae.mean_image_mse(train, train) == 0.25
+
+
+def test_lstm_baseline_is_per_gate_one_over_sqrt_hidden():
+    model = cl.lstm_model(cl.LSTMConfig(embed=4, hidden=9))
+    init = LearnedInitializer(model, "normal", base=cl.base_stds(model), biases=True)
+    assert init.dist("embedding.weight").scale == 1.0
+    for layer in ("l0", "l1"):
+        for kind in ("ih", "hh"):
+            dist = init.dist(f"lstm.weight_{kind}_{layer}")
+            assert len(dist.parts) == 4 and dist.scale == pytest.approx(1 / 3)
+    assert init.dist("logits.weight").scale == pytest.approx(1 / 3)
+    assert "lstm.bias_ih_l0" in init.names and "logits.bias" in init.names
 
 
 def test_saved_initializer_initializes_a_fresh_model(tmp_path):
     model = tasks.ConvAutoencoder(8, channels=4, latent=8)
-    init = LearnedInitializer(model, "plif", n_pieces=10)
+    init = LearnedInitializer(model, "plif", n_pieces=10, biases=True)
     with torch.no_grad():
         for p in init.parameters():
             p.add_(0.1)
@@ -131,58 +148,54 @@ def test_transferred_rates_are_matched_exactly(gen):
     data = torch.rand(8, 1, 8, 8, generator=gen)
     batches = [(data, data)] * 3
     target = {n: [0.1, 0.2, 0.3] for n in names}
-    out = exp.train_steps(model, names, batches, F.mse_loss, exp.InnerOptimizer("sgd", lr=0.01),
-                          lambda m: F.mse_loss(m(data), data), [3], target_rates=target)
+    out = train_steps(model, names, batches, F.mse_loss, InnerOptimizer("sgd", lr=0.01),
+                      lambda m: F.mse_loss(m(data), data), [3], target_rates=target)
     assert out["rates"] == target and out["diverged"] is None and math.isfinite(out["evals"][0])
 
 
 def test_diverged_run_is_recorded_not_raised():
     model = tasks.ConvAutoencoder(8, channels=2, latent=4)
     data = torch.full((4, 1, 8, 8), float("nan"))
-    out = exp.train_steps(model, [], [(data, data)] * 2, F.mse_loss, exp.InnerOptimizer("sgd"),
-                          lambda m: 0.0, [1, 2])
+    out = train_steps(model, [], [(data, data)] * 2, F.mse_loss, InnerOptimizer("sgd"), lambda m: 0.0, [1, 2])
     assert out["diverged"] == 0 and all(math.isnan(v) for v in out["evals"])
-
-
-def test_bridge_tiny_run_and_cli_roundtrip(tmp_path, capsys):
-    overrides = dict(width=4, embedding_dim=3, n_train=200, inner_steps=3, val_steps=(3,), meta_steps=2,
-                     batch_size=8, val_batch_size=16, eval_steps=(2,), reruns=1)
-    results = exp.run_task("bridge", "quick", tmp_path, progress=False, **overrides)
-    path = exp.initializer_paths(tmp_path, "bridge", "quick", results)["dimaml-normal"]
-    net = exp.bridge_hypernet(exp.get_config("bridge", **overrides))
-    load_initializer(path).init_(net)
-    assert set(results["hyperfan"]) == set(LearnedInitializer(net).names)
-    assert all(len(v) == 3 for v in results["meta"]["std"].values())
-    assert set(results["evaluation"]) == set(exp.BRIDGE_INITS)
-
-
-def test_bridge_inits_give_the_hyperfan_head_stds():
-    config = exp.get_config("bridge", width=8, embedding_dim=16)
-    for method in ("in", "out"):
-        net = exp.bridge_hypernet(config, f"hyperfan_{method}")
-        for name, stds in exp.hyperfan_stds(net.hypernet).items():
-            w = dict(net.named_parameters())[name]
-            n = w.numel()  # sample std of n normal draws: relative error ~ 1/sqrt(2n); 6 sigma
-            assert w.std().item() == pytest.approx(stds[method], rel=6 / math.sqrt(2 * n))
-    with pytest.raises(ValueError, match="init must be one of"):
-        exp.bridge_hypernet(config, "orthogonal")
 
 
 def test_corpora_come_from_disjoint_modules():
     assert not set(tasks.DOCSTRING_MODULES) & set(tasks.SOURCE_MODULES)
 
 
-def test_unknown_init_names_are_rejected():
-    with pytest.raises(ValueError, match="inits entry must be one of 'kaiming', 'metainit'"):
-        exp.get_config("autoencoder", inits=("kaiming", "fixup"))
+def test_paper_presets_follow_published_inner_loops():
+    a, lm = ae.PRESETS["paper"], cl.PRESETS["paper"]
+    assert (a.inner_steps, a.lr, a.momentum, a.batch_size, a.checkpoint_every) == (600, 0.01, 0.9, 128, 15)
+    assert a.val_steps == tuple(range(200, 601, 50)) and a.meta_steps == 1500 and a.plif_meta_steps == 3000
+    assert (lm.embed, lm.hidden, lm.inner_steps, lm.lr, lm.batch_size, lm.meta_steps) == \
+        (128, 256, 200, 1e-3, 128, 3000)
+
+
+TINY_LSTM = dict(embed=4, hidden=8, seq_len=8, batch_size=4, inner_steps=2, val_steps=(2,), meta_steps=2,
+                 meta_seeds=2, eval_corpora=("source",), eval_steps=(2,), reruns=2)
 
 
 def test_lstm_run_is_deterministic_whatever_the_global_rng():
-    overrides = dict(embed=4, hidden=8, seq_len=8, batch_size=4, inner_steps=2, val_steps=(2,), meta_steps=2,
-                     eval_steps=(2,), reruns=1)
+    config = dataclasses.replace(cl.LSTMConfig(), **TINY_LSTM)
     runs = []
     for seed in (0, 1):
         torch.manual_seed(seed)  # must not matter
-        runs.append(exp.run_task("lstm", "quick", progress=False, **overrides))
-    assert runs[0]["meta"]["normal"]["meta_loss"] == runs[1]["meta"]["normal"]["meta_loss"]
+        runs.append(cl.run(config, "cpu", progress=False))
+    assert runs[0]["meta"]["normal seed 1"]["meta_loss"] == runs[1]["meta"]["normal seed 1"]["meta_loss"]
     assert runs[0]["evaluation"] == runs[1]["evaluation"]
+    assert len(runs[0]["evaluation"]["source"]["runs"]["dimaml-normal"]) == 2
+
+
+def test_autoencoder_interrupt_then_resume_equals_uninterrupted(tmp_path):
+    check_interrupt_resume(["autoencoder", "--no-progress", "--set", "size=8", "channels=2", "latent=4",
+                            "inner_steps=3", "val_steps=2,3", "meta_steps=5", "plif_meta_steps=0",
+                            "save_every=1",
+                            "inits=kaiming,dimaml-normal", "eval_data=digits", "epochs=1", "reruns=1",
+                            "transfer_rates=false"], tmp_path)
+
+
+def test_char_lstm_interrupt_then_resume_equals_uninterrupted(tmp_path):
+    check_interrupt_resume(["char-lstm", "--no-progress", "--set", "embed=4", "hidden=8", "seq_len=8",
+                            "batch_size=4", "inner_steps=3", "val_steps=3", "meta_steps=4", "save_every=1",
+                            "meta_seeds=2", "eval_corpora=source", "eval_steps=5,20", "reruns=2"], tmp_path)

@@ -51,7 +51,8 @@ def test_unknown_initializer_and_bad_embedding_variance():
 
 
 def test_mainnet_forward_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="layer 1"):
+    """The second layer is named "layer 2": readers count layers from 1."""
+    with pytest.raises(ValueError, match="layer 2:"):
         hl.mainnet_forward(torch.randn(2, 3), [torch.randn(4, 3), torch.randn(2, 5)], [torch.zeros(4), torch.zeros(2)])
 
 
@@ -141,3 +142,26 @@ def test_kaiming_keeps_relu_activations_and_xavier_halves_them(gen):
     xv = hl.mainnet_statistics(*hl.classical_mainnet(sizes, "xavier", activation="relu", generator=gen), x, "relu")
     assert k["activation"][-2] == pytest.approx(k["activation"][1], rel=0.3)
     assert xv["activation"][-2] / xv["activation"][1] == pytest.approx(0.5 ** 5, rel=0.3)
+
+
+def test_statistics_leave_grads_untouched(gen):
+    """Measuring must not train: two calls leave every .grad of the hypernet None (issue 12, item 8)."""
+    hn = hl.hyperfan_in_(hl.Hypernet([8, 16, 4], 10, hidden_sizes=(12,), generates_bias=True, generator=gen),
+                         generator=gen)
+    x = torch.randn(32, 8, generator=gen)
+    first = hl.hypernet_statistics(hn, x, generator=torch.Generator().manual_seed(0))
+    second = hl.hypernet_statistics(hn, x, generator=torch.Generator().manual_seed(0))
+    assert all(p.grad is None for p in hn.parameters())
+    assert first == second
+    weights, biases = hl.classical_mainnet([8, 16, 4], generator=gen)
+    hl.mainnet_statistics(weights, biases, x)
+    assert all(w.grad is None for w in weights)
+
+
+def test_tiny_embedding_variance_and_wrong_dtype_are_clear_errors(gen):
+    hn = hl.Hypernet([8, 16, 4], 10, generator=gen)
+    with pytest.raises(ValueError, match="variance .* too large .*embedding_variance"):
+        hl.hyperfan_in_(hn, embedding_variance=1e-300)
+    with pytest.raises(ValueError, match="dtype torch.float64 .* torch.float32"):
+        hl.hypernet_statistics(hn, torch.randn(4, 8, dtype=torch.float64))
+    hl.hypernet_statistics(hn.double(), torch.randn(4, 8, dtype=torch.float64))  # a cast model works

