@@ -155,6 +155,7 @@ class GateInit(nn.Module):
         self.scale = parts[0].scale
 
     def forward(self, shape, generator=None):
+        """A sample of ``shape``: each gate's block of rows from its own distribution."""
         rows = shape[0] // len(self.parts)
         return torch.cat([part((rows,) + tuple(shape[1:]), generator) for part in self.parts])
 
@@ -178,7 +179,7 @@ def base_std(shape, base="kaiming", transposed=False):
 
 
 def classical_stds(model, linear=(), base="kaiming"):
-    """``{name: sqrt(a / fan_in)}`` for every weight of ``model`` with its true fans (:func:`parameter_fans`).
+    """``{name: sqrt(a / fan_in)}`` for every weight of ``model`` with its true fans (:func:`~hyperinit_lite.fans.parameter_fans`).
 
     ``a = 2`` (Kaiming, a ReLU follows) or 1 (``base='xavier'``), and ``a = 1`` for the names in ``linear``:
     layers with no ReLU after them (an output layer, a linear bottleneck) get no ReLU gain (Chapter 3).

@@ -527,7 +527,7 @@ def _train_arm(config, arm_spec, images, device, vectorize, progress, checkpoint
 def run(config, device="auto", progress=True, checkpoint=None, images=None, vectorize=None, data_root=None):
     """Train every arm of ``config`` over its seeds and return the results (JSON-ready after
     :func:`hyperinit_lite.results.to_jsonable`): ``data`` (source, label, description), ``arms`` (``key``,
-    ``init``, ``lr``), ``runs`` (``{key: {seed: history}}``, history as in :func:`_new_history` plus
+    ``init``, ``lr``), ``runs`` (``{key: {seed: history}}``, history as in ``_new_history`` plus
     ``epochs_done``), ``seeds``, ``device``, ``seconds``.
 
     ``vectorize``: ``torch.func.vmap`` over the seeds (default: on CUDA only). With a ``checkpoint``

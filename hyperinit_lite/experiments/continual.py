@@ -328,7 +328,7 @@ def train_grid(config, grid, optimizer, iterations, shape, device="cpu", progres
 
 def initial_state(config, grid, iterations, device):
     """The training state before task 1: stacked hypernet parameters of every run, task embeddings, and empty
-    records (see :func:`_train_grid` for the record arrays)."""
+    records (see ``_train_grid`` for the record arrays)."""
     models = [init_hypernet(config, init, run) for init, _, _, run in grid]
     stacked, _ = stack_module_state(models)
     embeddings = torch.stack([initial_embeddings(config, run) for *_, run in grid]).to(device)
@@ -450,7 +450,7 @@ def _train_grid(config, grid, optimizer, iterations, shape, device, progress, de
 
 
 def _finish(s, batched_predict, tasks, shape, records):
-    """The results of a finished training state (see :func:`_train_grid`)."""
+    """The results of a finished training state (see ``_train_grid``)."""
     alive, embeddings = s["alive"], s["embeddings"]
     with torch.no_grad():
         predictions = torch.stack([batched_predict(s["params"], embeddings[:, j], tasks[j].x_test)[..., 0]

@@ -140,6 +140,7 @@ class ReplicaHypernets(nn.Module):
         return out
 
     def forward(self, x):
+        """Logits of every replica's mainnet for its batch ``x`` of shape ``(replicas, batch, 784)``."""
         for t, w in enumerate(self.weights()):
             x = torch.baddbmm(self.biases[t], x, w.transpose(1, 2))
             x = torch.tanh(x) if t < len(self.shapes) - 1 else x

@@ -729,7 +729,7 @@ SUMMARY_COLUMNS = ("setting", "Var(y_L) at init", "loss first", "loss last", "te
 
 
 def summary_cells(rows):
-    """``{group: [cells per setting]}``: the strings of :data:`SUMMARY_COLUMNS` (3 significant figures)."""
+    """``{group: [cells per setting]}``: the strings of ``SUMMARY_COLUMNS`` (3 significant figures)."""
     out = {}
     for r in rows:
         acc = (f"{r['final_test_accuracy']:.3f} [{r['final_test_accuracy_min']:.3f}, "

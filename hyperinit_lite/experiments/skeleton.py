@@ -1,7 +1,7 @@
 """The protocol every experiment follows and the command line they share.
 
 A runner module defines ``EXPERIMENT = Experiment(name, config_class, presets, run, summary, data_used)``;
-``python -m hyperinit_lite NAME`` (:mod:`hyperinit_lite.__main__`) passes it to :func:`add_arguments` and
+``python -m hyperinit_lite NAME`` (``hyperinit_lite/__main__.py``) passes it to :func:`add_arguments` and
 :func:`main`, and offers
 
 * ``--preset NAME`` and repeatable, typed ``--set FIELD=VALUE`` (types read from the config dataclass);
@@ -73,6 +73,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """An ``argparse`` parser whose errors are one line (``prog: error: message``), exit 2."""
 
     def error(self, message):
+        """Print ``prog: error: message`` on one line and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
