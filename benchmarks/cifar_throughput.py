@@ -3,12 +3,12 @@
 Times one SGD step (forward, backward, update; batch of random 3x32x32 images) of
 
 * ``hypernet``: All-CNN-C whose kernels the chunked hypernetwork generates at every step
-  (:class:`hyperinit_lite.experiments.cifar.HyperAllConvNet`, hyperfan-in init), and
+  (:class:`hyperinit_lite.experiments.cifar_training.HyperAllConvNet`, hyperfan-in init), and
 * ``ordinary``: the same mainnet with its kernels as ordinary parameters
   (:class:`AllConvNet` below),
 
 with ``torch.utils.benchmark`` (which synchronizes CUDA), and prints images per second; then the images per
-second of one SGD step of the preset's seeds trained together (``cifar.StackedSeeds``), with
+second of one SGD step of the preset's seeds trained together (``cifar_training.StackedSeeds``), with
 ``torch.func.vmap`` over the seeds and with a loop over them (the runner's default on a CPU, where vmap's
 grouped convolutions are slower). A script, not a test:
 
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import benchmark
 
-from hyperinit_lite.chunked import all_conv_net_forward
-from hyperinit_lite.experiments import cifar, resolve_device
+from hyperinit_lite.all_conv_net import all_conv_net_forward
+from hyperinit_lite.experiments import cifar, cifar_data, cifar_training, resolve_device
 
 
 class AllConvNet(nn.Module):
@@ -48,7 +48,7 @@ class AllConvNet(nn.Module):
 def step_function(model, batch_size, device, mixed_precision=False, seed=0):
     """A closure doing one SGD step of ``model`` on a fixed random batch of ``batch_size`` images."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, *cifar.IMAGE_SHAPE, generator=g).to(device)
+    x = torch.randn(batch_size, *cifar_data.IMAGE_SHAPE, generator=g).to(device)
     y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)  # tiny steps: the timing matters, not training
 
@@ -72,10 +72,10 @@ def images_per_second(model, batch_size, device, min_run_time, mixed_precision=F
 
 def stacked_images_per_second(config, batch_size, device, vectorize, min_run_time):
     """Images per second of one :meth:`StackedSeeds.step` over all of ``config.seeds`` (random batches)."""
-    models = [cifar.build_model(config, "hyperfan_in", s) for s in config.seeds]
-    arm = cifar.StackedSeeds(models, config.seeds, device, vectorize)
+    models = [cifar_training.build_model(config, "hyperfan_in", s) for s in config.seeds]
+    arm = cifar_training.StackedSeeds(models, config.seeds, device, vectorize)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(len(config.seeds), batch_size, *cifar.IMAGE_SHAPE, generator=g).to(device)
+    x = torch.randn(len(config.seeds), batch_size, *cifar_data.IMAGE_SHAPE, generator=g).to(device)
     y = torch.randint(0, 10, (len(config.seeds), batch_size), generator=g).to(device)
     arm.step(x, y, 1e-6)  # warm-up
     timer = benchmark.Timer("arm.step(x, y, 1e-6)", globals={"arm": arm, "x": x, "y": y})
@@ -94,7 +94,7 @@ def main(argv=None):
     config = cifar.get_config(args.preset)
     device = resolve_device(args.device)
     batch_size = args.batch_size or config.batch_size
-    hyper = cifar.build_model(config, "hyperfan_in").to(device)
+    hyper = cifar_training.build_model(config, "hyperfan_in").to(device)
     plain = AllConvNet(config.shapes, torch.Generator().manual_seed(0)).to(device)
     threads = f"CPU, {torch.get_num_threads()} threads"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else threads

@@ -1,12 +1,13 @@
 """Throughput of the batched MNIST sweep against a plain PyTorch loop, and peak memory of the quick preset.
 
-Chapter 8 trains the runs of one architecture together: :class:`hyperinit_lite.experiments.mnist.BatchedRuns`
-stacks their (generated) mainnets and takes one ``torch.func.vmap`` SGD step for all of them, moving a
-hypernet's generated weights by the exact kernel of one SGD step on its heads (Chapter 8, Section 8.5).
-:class:`~hyperinit_lite.experiments.mnist.LoopRuns` trains the same runs one after another with
-``torch.optim.SGD``. This script times both on the same batches of real digits and prints run-steps per second
-and their ratio, for hypernet runs and for classical-net runs of the chosen architecture, then the peak memory
-of a full ``quick`` sweep (in a fresh process, so nothing else counts).
+Chapter 8 trains the runs of one architecture together:
+:class:`hyperinit_lite.experiments.mnist_trainers.BatchedRuns` stacks their (generated) mainnets and takes one
+``torch.func.vmap`` SGD step for all of them, moving a hypernet's generated weights by the exact kernel of one
+SGD step on its heads (Chapter 8, Section 8.5). :class:`~hyperinit_lite.experiments.mnist_trainers.LoopRuns`
+trains the same runs one after another with ``torch.optim.SGD``. This script times both on the same batches of
+real digits and prints run-steps per second and their ratio, for hypernet runs and for classical-net runs of
+the chosen architecture, then the peak memory of a full ``quick`` sweep (in a fresh process, so nothing else
+counts).
 
     python benchmarks/mnist_throughput.py                     # 8 runs, quick-preset architecture
     python benchmarks/mnist_throughput.py --width 500 --runs 9 --no-memory   # one paper-width group
@@ -24,8 +25,10 @@ import time
 import torch
 
 from hyperinit_lite.data import load_mnist
-from hyperinit_lite.experiments import mnist as M
 from hyperinit_lite.experiments import resolve_device
+from hyperinit_lite.experiments.mnist import PRESETS
+from hyperinit_lite.experiments.mnist_model import SETTINGS, build_model
+from hyperinit_lite.experiments.mnist_trainers import BatchedRuns, LoopRuns
 
 MEMORY_SCRIPT = """
 import json, resource, sys, threading, time, torch
@@ -89,7 +92,7 @@ def throughput(kind, config, n_runs, steps, device, warmup, repeats, data):
     The two trainers' timed blocks alternate, so that a change in the machine's load hits both; the best block
     of each counts.
     """
-    settings = ("classical",) if kind == "classical" else M.SETTINGS[1:]
+    settings = ("classical",) if kind == "classical" else SETTINGS[1:]
     spec = [(settings[i % len(settings)], i // len(settings)) for i in range(n_runs)]
     lr = config.lr_classical if kind == "classical" else config.lr_hypernet
     gen = torch.Generator().manual_seed(0)
@@ -98,9 +101,9 @@ def throughput(kind, config, n_runs, steps, device, warmup, repeats, data):
         idx = torch.randint(len(data.x_train), (n_runs, config.batch_size), generator=gen)
         batches.append((data.x_train[idx].to(device), data.y_train[idx].to(device)))
     trainers = {}
-    for name, cls in (("batched", M.BatchedRuns), ("loop", M.LoopRuns)):
-        trainers[name] = cls([M.build_model(config, "tanh", "weights", s, seed) for s, seed in spec], "tanh", lr,
-                             device)
+    for name, cls in (("batched", BatchedRuns), ("loop", LoopRuns)):
+        models = [build_model(config, "tanh", "weights", s, seed) for s, seed in spec]
+        trainers[name] = cls(models, "tanh", lr, device)
         for x, y in batches[:warmup]:
             trainers[name].step(x, y)
     best = {name: float("inf") for name in trainers}
@@ -130,7 +133,7 @@ def main(argv=None):
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory run")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    config = M.PRESETS["quick"]
+    config = PRESETS["quick"]
     if args.width is not None:
         config = config.replace(width=args.width)
     data = load_mnist(config.data)

@@ -69,7 +69,7 @@ class Phase:
 
 def cifar_stand_in(config):
     """Random images of CIFAR-10's shape, ``config.n_train`` + ``config.n_test`` of them (data absent)."""
-    from hyperinit_lite.experiments.cifar import ImageSet
+    from hyperinit_lite.experiments.cifar_data import ImageSet
 
     gen = torch.Generator().manual_seed(0)
     n_train, n_test = config.n_train, config.n_test

@@ -18,8 +18,8 @@ from .fans import fan_in_and_fan_out, receptive_field
 from .hyperfan import (METHODS, hyperfan_in_bias_variance, hyperfan_in_weight_variance,
                        hyperfan_out_bias_variance, hyperfan_out_weight_variance, hyperfan_variances)
 from .hypernet import Hypernet, classical_mainnet, layer_shapes, mainnet_forward, uniform_embeddings
-from .initializers import (INITIALIZERS, classical_, fan_in_body_, hyperfan_, hyperfan_harmonic_,
-                           hyperfan_in_, hyperfan_out_, init_hypernet_, kaiming_, xavier_)
+from .initializers import (classical_, fan_in_body_, hyperfan_, hyperfan_harmonic_, hyperfan_in_,
+                           hyperfan_out_, kaiming_, xavier_)
 from .stats import hypernet_statistics, mainnet_statistics
 
 __version__ = "0.1.0"
@@ -82,8 +82,8 @@ __all__ = [
     "sample_", "uniform_", "xavier_variance", "fan_in_and_fan_out", "receptive_field", "METHODS",
     "hyperfan_in_bias_variance", "hyperfan_in_weight_variance", "hyperfan_out_bias_variance",
     "hyperfan_out_weight_variance", "hyperfan_variances", "Hypernet", "classical_mainnet", "layer_shapes",
-    "mainnet_forward", "uniform_embeddings", "INITIALIZERS", "classical_", "fan_in_body_", "hyperfan_",
-    "hyperfan_harmonic_", "hyperfan_in_", "hyperfan_out_", "init_hypernet_", "kaiming_", "xavier_",
+    "mainnet_forward", "uniform_embeddings", "classical_", "fan_in_body_", "hyperfan_",
+    "hyperfan_harmonic_", "hyperfan_in_", "hyperfan_out_", "kaiming_", "xavier_",
     "hypernet_statistics", "mainnet_statistics", "init",
     *[name for name, module in LAZY.items() if _present(module)],
 ]

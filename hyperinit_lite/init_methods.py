@@ -19,7 +19,7 @@ from .classical import MODES, init_variance, relu_factor
 from .hyperfan import hyperfan_variances
 from .hypernet import Hypernet, layer_nonlinearities
 from .initializers import classical_, hyperfan_
-from .predict import next_second_moment
+from .predict import hyperfan_generated_variances, m1_generated_variances, next_second_moment
 from .validate import check_choice, check_positive
 
 HYPERFAN_MODES = {"in": "fan_in", "out": "fan_out", "harmonic": "harmonic"}
@@ -71,6 +71,18 @@ class InitMethod:
             weights.append(hypernet.head_dim * second_moment * var_h)
             biases.append(hypernet.head_dim * second_moment * var_g if var_g is not None else 0.0)
         return weights, biases
+
+    def generated_variances(self, layer_sizes, d_k, activation="linear", generates_bias=False,
+                            embedding_variance=1.0):
+        """``(Var(W[t]), Var(b[t]))`` per layer of an MLP mainnet with ``layer_sizes`` that a one-layer
+        (linear) hypernet with ``d_k``-dimensional embeddings generates after this method, on average over
+        embeddings (:func:`~hyperinit_lite.predict.hyperfan_generated_variances` for hyperfan,
+        :func:`~hyperinit_lite.predict.m1_generated_variances` for M1; Chapters 4-6). No hypernet is built,
+        so the explorers of :mod:`~hyperinit_lite.widgets` predict at any width for free."""
+        if self.family == "hyperfan":
+            return hyperfan_generated_variances(self.mode, layer_sizes, d_k, activation, generates_bias,
+                                                embedding_variance)
+        return m1_generated_variances(layer_sizes, d_k, self.mode, self.gain, generates_bias, embedding_variance)
 
     def head_variances(self, hypernet, embedding_variance=1.0):
         """``(Var(H[t]), Var(G[t]) or None)`` per mainnet layer that :meth:`apply_` draws a ``Hypernet``'s

@@ -95,12 +95,3 @@ def hyperfan_harmonic_(hypernet, embedding_variance=None, distribution="uniform"
     """Harmonic mean of hyperfan-in and hyperfan-out, component by component (Chapter 6)."""
     return hyperfan_(hypernet, "harmonic", embedding_variance, distribution, generator)
 
-
-INITIALIZERS = {"xavier": xavier_, "kaiming": kaiming_, "hyperfan_in": hyperfan_in_,
-                "hyperfan_out": hyperfan_out_, "hyperfan_harmonic": hyperfan_harmonic_}
-
-
-def init_hypernet_(hypernet, method, generator=None):
-    """Apply the initializer named ``method`` (one of ``INITIALIZERS``) to ``hypernet``."""
-    check_choice("method", method, tuple(INITIALIZERS))
-    return INITIALIZERS[method](hypernet, generator=generator)

@@ -15,13 +15,15 @@ import torch
 
 from .classical import MODES, NONLINEARITIES, init_variance, relu_factor
 from .hypernet import Hypernet, classical_mainnet, layer_nonlinearities, layer_shapes
-from .initializers import classical_, hyperfan_
-from .predict import hyperfan_generated_variances, m1_generated_variances, predicted_profile
+from .init_methods import METHODS, get_method
+from .predict import predicted_profile
 from .stats import mainnet_statistics
 from .validate import check_choice, check_positive_int
 
 CLASSICAL_INITS = ("xavier", "kaiming")
-HYPERNET_INITS = ("hypernet_xavier", "hypernet_kaiming", "hyperfan_in", "hyperfan_out", "hyperfan_harmonic")
+M1_PREFIX = "hypernet_"
+HYPERNET_INITS = (tuple(M1_PREFIX + name for name in CLASSICAL_INITS)
+                  + tuple(name for name, method in METHODS.items() if method.family == "hyperfan"))
 INITS = CLASSICAL_INITS + HYPERNET_INITS
 KEYS = ("activation", "input_grad")
 LABELS = {"activation": "Var(y[t])  (forward)", "input_grad": "Var(dL/dx[t])  (backward)"}
@@ -36,11 +38,23 @@ def _check(init, depth, width, activation, mode):
     return [check_positive_int("width", width)] * (check_positive_int("depth", depth) + 1)
 
 
+def hypernet_method(init, mode="fan_in"):
+    """The :class:`~hyperinit_lite.init_methods.InitMethod` behind the explorer's hypernet init ``init``:
+    ``'hypernet_xavier'`` / ``'hypernet_kaiming'`` are M1 with the explorer's ``mode`` (the registry's
+    ``'xavier_<mode>'`` / ``'kaiming_<mode>'``), ``'hyperfan_*'`` are the registry's methods of that name."""
+    check_choice("init", init, HYPERNET_INITS)
+    check_choice("mode", mode, MODES)
+    if init.startswith(M1_PREFIX):
+        return get_method(f"{init[len(M1_PREFIX):]}_{mode}")
+    return get_method(init)
+
+
 def variance_profile(init, depth=8, width=256, activation="tanh", mode="fan_in", embedding_dim=50,
                      generates_bias=False, batch=512, seed=0):
     """Per-layer statistics (see :func:`~hyperinit_lite.stats.mainnet_statistics`) of a ``depth``-layer,
     ``width``-wide mainnet initialized by ``init``: a classical init (``'xavier'``, ``'kaiming'``, with
-    ``mode``) or a hypernet init (``'hypernet_xavier'``/``'hypernet_kaiming'`` = M1, ``'hyperfan_*'``).
+    ``mode``) or a hypernet init of the registry (:func:`hypernet_method`: ``'hypernet_xavier'`` /
+    ``'hypernet_kaiming'`` = M1 with ``mode``, ``'hyperfan_*'``).
 
     The input batch is standard normal, as after data standardization. Hypernet layers of one shape and
     nonlinearity share an output head (Appendix A.1, Chapter 7), which keeps a wide, deep explorer fast and
@@ -56,10 +70,7 @@ def variance_profile(init, depth=8, width=256, activation="tanh", mode="fan_in",
     else:
         hn = Hypernet(sizes, embedding_dim, generates_bias=generates_bias, share_heads=True,
                       activation=activation, generator=gen)
-        if init.startswith("hyperfan"):
-            hyperfan_(hn, init.split("_")[1], generator=gen)
-        else:
-            classical_(hn, mode, 2.0 if init == "hypernet_kaiming" else 1.0, generator=gen)
+        hypernet_method(init, mode).apply_(hn, generator=gen)
         weights, biases = hn.double()()
     return mainnet_statistics(weights, biases, x, activation, generator=gen)
 
@@ -83,12 +94,9 @@ def predicted_variance_profile(init, depth=8, width=256, activation="tanh", mode
                  for nl in layer_nonlinearities(depth, activation)]
         weights = [init_variance(d_j, d_i, mode, gain)
                    for (d_i, d_j), gain in zip(layer_shapes(sizes), gains)]
-    elif init.startswith("hyperfan"):
-        weights, biases = hyperfan_generated_variances(init.split("_")[1], sizes, embedding_dim, activation,
-                                                       generates_bias)
     else:
-        weights, biases = m1_generated_variances(sizes, embedding_dim, mode,
-                                                 2.0 if init == "hypernet_kaiming" else 1.0, generates_bias)
+        weights, biases = hypernet_method(init, mode).generated_variances(sizes, embedding_dim, activation,
+                                                                          generates_bias)
     return predicted_profile(sizes, weights, biases, activation)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import sample_variance_tolerance
+from hyperinit_lite import all_conv_net as acn
 from hyperinit_lite import chunked as hc
 
 SHAPES = [(10, 3, 3, 3), (8, 10, 3, 3), (5, 8, 1, 1), (8, 8, 3, 3)]
@@ -240,16 +241,16 @@ def test_chunked_kaiming_gives_the_same_variance_to_every_layer(mode, gen):
 
 def test_all_conv_net_forward_shapes():
     gen = torch.Generator().manual_seed(0)
-    shapes = hc.all_conv_net_shapes(width=8, in_channels=3, num_classes=10)
+    shapes = acn.all_conv_net_shapes(width=8, in_channels=3, num_classes=10)
     assert shapes[0] == (8, 3, 3, 3) and shapes[-1] == (10, 16, 1, 1) and shapes[-2] == (16, 16, 1, 1)
     hn = hc.ChunkedHypernet(shapes, 8, 4, 4, generator=gen)
-    out, trace = hc.all_conv_net_forward(torch.randn(2, 3, 32, 32, generator=gen), hn(), trace=True)
+    out, trace = acn.all_conv_net_forward(torch.randn(2, 3, 32, 32, generator=gen), hn(), trace=True)
     assert out.shape == (2, 10)
     assert [y.shape[-1] for y in trace["preactivations"]] == [32, 32, 16, 16, 16, 8, 6, 6, 6]
     with pytest.raises(ValueError, match="kernels must hold the 9 kernels"):
-        hc.all_conv_net_forward(torch.randn(2, 3, 8, 8), hn()[:3])
+        acn.all_conv_net_forward(torch.randn(2, 3, 8, 8), hn()[:3])
     with pytest.raises(ValueError, match="width must be a positive integer"):
-        hc.all_conv_net_shapes(width=0)
+        acn.all_conv_net_shapes(width=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -293,13 +294,13 @@ def test_chunks_of_a_layer_correlate_like_their_embeddings_only_with_a_shared_in
 def test_conv_input_coverage_counts_the_outputs_that_read_each_input():
     """Hand counts: a 3x3 stride-1 conv with padding 1 reads an interior input 9 times, an edge 6, a corner 4;
     at stride 2 an input is read 1, 2 or 4 times by the parity of its position (Chapter 10's stride caveat)."""
-    one = hc.conv_input_coverage(3, 1, 1, 5)
+    one = acn.conv_input_coverage(3, 1, 1, 5)
     assert one[2, 2] == 9 and one[0, 2] == 6 and one[0, 0] == 4
-    two = hc.conv_input_coverage(3, 2, 1, 8)
+    two = acn.conv_input_coverage(3, 2, 1, 8)
     assert two[0, 0] == 1 and two[1, 0] == 2 and two[1, 1] == 4 and two[7, 7] == 1
     # reads per axis: 3 * 32 - 2 = 94 over 32 positions at stride 1 with padding 1; 3 * 16 - 1 = 47 at stride 2
-    coverage = hc.all_conv_net_coverage(32)
+    coverage = acn.all_conv_net_coverage(32)
     assert coverage[:3] == pytest.approx([(94 / 32) ** 2] * 2 + [(47 / 32) ** 2])
     assert coverage[3:] == pytest.approx([(46 / 16) ** 2] * 2 + [(23 / 16) ** 2] + [(18 / 8) ** 2, 1.0, 1.0])
     with pytest.raises(ValueError, match="stride"):
-        hc.conv_input_coverage(3, 0, 1, 8)
+        acn.conv_input_coverage(3, 0, 1, 8)

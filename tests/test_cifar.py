@@ -8,12 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hyperinit_lite import all_conv_net as acn
 from hyperinit_lite import chunked as hc
 from hyperinit_lite import data
 from hyperinit_lite import results as results_io
 from hyperinit_lite.data import DataUnavailableError
 from cli_harness import check_interrupt_resume, run_cli
-from hyperinit_lite.experiments import cifar, skeleton
+from hyperinit_lite.experiments import cifar, cifar_data, cifar_report, cifar_training, skeleton
 
 TINY = dict(name="tiny", data="mnist_standin", n_train=40, n_test=20, width=2, chunk_size=2, hidden_size=3,
             embedding_dim=2, batch_size=10, epochs=3, milestones=(2,), lr=0.05, log_every=2, seeds=(0, 1))
@@ -27,9 +28,11 @@ def tiny_config(**changes):
 def tiny_images():
     """40 + 20 random standardized images: the training loop does not care what they show."""
     g = torch.Generator().manual_seed(0)
-    return cifar.ImageSet(torch.randn(40, 3, 32, 32, generator=g), torch.randint(0, 10, (40,), generator=g),
-                          torch.randn(20, 3, 32, 32, generator=g), torch.randint(0, 10, (20,), generator=g),
-                          "random", "random images (test)", (0.0,) * 3, (1.0,) * 3)
+    return cifar_data.ImageSet(torch.randn(40, 3, 32, 32, generator=g),
+                               torch.randint(0, 10, (40,), generator=g),
+                               torch.randn(20, 3, 32, 32, generator=g),
+                               torch.randint(0, 10, (20,), generator=g),
+                               "random", "random images (test)", (0.0,) * 3, (1.0,) * 3)
 
 
 def _json(results):
@@ -70,10 +73,10 @@ def test_presets_arms_and_device_checks():
     assert (paper.width, paper.chunk_size, paper.hidden_size, paper.embedding_dim) == (96, 96, 50, 50)
     assert (paper.lr, paper.batch_size, paper.epochs, paper.milestones, paper.gamma) == (5e-4, 100, 500,
                                                                                          (350, 450), 0.1)
-    assert paper.data == "cifar10" and not paper.mixed_precision and paper.inits == cifar.INITS
+    assert paper.data == "cifar10" and not paper.mixed_precision and paper.inits == cifar_training.INITS
     quick = cifar.get_config("quick")
     assert quick.data == "mnist_standin" and len(quick.seeds) >= 3 and quick.lr == paper.lr
-    assert [a[0] for a in quick.arms] == list(cifar.INITS)
+    assert [a[0] for a in quick.arms] == list(cifar_training.INITS)
     grid = cifar.get_config("quick", inits=("hyperfan_in",), kaiming_fan_in_lrs=(1e-6, 5e-4, 1e-8))
     assert grid.arms == [("hyperfan_in", "hyperfan_in", 5e-4),
                          ("kaiming_fan_in lr=1e-06", "kaiming_fan_in", 1e-6),
@@ -92,8 +95,8 @@ def test_presets_arms_and_device_checks():
 
 # --------------------------------------------------------------------------------------------------- data
 def test_standin_is_labelled_standardized_and_cifar_shaped():
-    images = cifar.load_images("mnist_standin", n_train=500, n_test=100)
-    assert images.label == cifar.STANDIN_LABEL and "not CIFAR-10" in images.describe()
+    images = cifar_data.load_images("mnist_standin", n_train=500, n_test=100)
+    assert images.label == cifar_data.STANDIN_LABEL and "not CIFAR-10" in images.describe()
     assert images.x_train.shape == (500, 3, 32, 32) and images.x_test.shape == (100, 3, 32, 32)
     assert images.y_train.dtype == torch.int64 and set(images.y_train.unique().tolist()) == set(range(10))
     per_channel = images.x_train.transpose(0, 1).reshape(3, -1)
@@ -101,31 +104,31 @@ def test_standin_is_labelled_standardized_and_cifar_shaped():
     torch.testing.assert_close(per_channel.std(1), torch.ones(3), atol=1e-4, rtol=0)
     torch.testing.assert_close(images.x_train[:, 0], images.x_train[:, 2])  # grey digits on three channels
     with pytest.raises(ValueError, match="n_train"):
-        cifar.load_images("mnist_standin", n_train=10 ** 6)
+        cifar_data.load_images("mnist_standin", n_train=10 ** 6)
 
 
 def test_cifar_offline_fails_fast_and_auto_falls_back(tmp_path, monkeypatch):
     with pytest.raises(DataUnavailableError, match="mnist_standin"):
-        cifar.cifar10_images(root=tmp_path, download=False)
+        cifar_data.cifar10_images(root=tmp_path, download=False)
     monkeypatch.setattr(data, "probe_url", lambda url, timeout: "no network (test)")
     start = time.perf_counter()
     with pytest.raises(DataUnavailableError, match="cannot be downloaded"):
-        cifar.load_images("cifar10", root=tmp_path)
+        cifar_data.load_images("cifar10", root=tmp_path)
     assert time.perf_counter() - start < 5
-    monkeypatch.setattr(cifar, "default_root", lambda: tmp_path)
+    monkeypatch.setattr(cifar_data, "default_root", lambda: tmp_path)
     with pytest.warns(UserWarning, match="stand-in"):
-        images = cifar.load_images("auto", n_train=100, n_test=50)
-    assert images.label == cifar.STANDIN_LABEL
+        images = cifar_data.load_images("auto", n_train=100, n_test=50)
+    assert images.label == cifar_data.STANDIN_LABEL
 
 
 # ------------------------------------------------------------------------------------------------- models
 def test_model_is_the_hypernet_generated_all_conv_net_and_inits_share_draws():
     config = tiny_config(width=4, chunk_size=3)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    models = {init: cifar.build_model(config, init) for init in cifar.INITS}
+    models = {init: cifar_training.build_model(config, init) for init in cifar_training.INITS}
     for model in models.values():
         with torch.no_grad():
-            expected = hc.all_conv_net_forward(x, model.hypernet(), model.biases)
+            expected = acn.all_conv_net_forward(x, model.hypernet(), model.biases)
             torch.testing.assert_close(model(x), expected)
     ref = models["hyperfan_in"].hypernet
     for init, model in models.items():
@@ -133,9 +136,10 @@ def test_model_is_the_hypernet_generated_all_conv_net_and_inits_share_draws():
             assert torch.equal(a, b), init
         ratio = model.hypernet.input_weights[1] / ref.input_weights[1]  # same draws, another scale
         torch.testing.assert_close(ratio, torch.full_like(ratio, ratio.flatten()[0].item()))
-    other_seed = cifar.build_model(config, "hyperfan_in", seed=1).hypernet
+    other_seed = cifar_training.build_model(config, "hyperfan_in", seed=1).hypernet
     assert not torch.equal(other_seed.embeddings[1], ref.embeddings[1])
-    g_var = {init: hc.chunked_init_variances(m.hypernet, "kaiming", cifar.TARGET_MODES[init])[1][0]
+    modes = cifar_training.TARGET_MODES
+    g_var = {init: hc.chunked_init_variances(m.hypernet, "kaiming", modes[init])[1][0]
              for init, m in models.items() if init.startswith("kaiming")}
     assert g_var["kaiming_fan_in"] == pytest.approx(2 / config.embedding_dim)
     assert g_var["kaiming_fan_out"] == pytest.approx(2 / (config.chunk_size * config.hidden_size))
@@ -148,9 +152,9 @@ def test_stacked_seeds_take_the_steps_of_torch_optim_sgd(tiny_images, vectorize)
     config = tiny_config(inits=("hyperfan_in",), epochs=1, milestones=())
     result = cifar.run(config, images=tiny_images, progress=False, vectorize=vectorize)
     for seed in config.seeds:
-        model = cifar.build_model(config, "hyperfan_in", seed)
+        model = cifar_training.build_model(config, "hyperfan_in", seed)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-        order, losses = cifar.epoch_order(40, seed, 1), []
+        order, losses = cifar_training.epoch_order(40, seed, 1), []
         for b in range(4):
             idx = order[b * 10:(b + 1) * 10]
             loss = F.cross_entropy(model(tiny_images.x_train[idx]), tiny_images.y_train[idx])
@@ -167,11 +171,11 @@ def test_stacked_seeds_take_the_steps_of_torch_optim_sgd(tiny_images, vectorize)
 
 def test_a_diverged_seed_is_dropped_and_the_others_go_on():
     config = tiny_config(seeds=(0, 1, 2))
-    arm = cifar.StackedSeeds([cifar.build_model(config, "hyperfan_in", s) for s in config.seeds],
-                             config.seeds, torch.device("cpu"), vectorize=False)
-    histories = {s: cifar._new_history(config, 4, 20) for s in config.seeds}
+    models = [cifar_training.build_model(config, "hyperfan_in", s) for s in config.seeds]
+    arm = cifar_training.StackedSeeds(models, config.seeds, torch.device("cpu"), vectorize=False)
+    histories = {s: cifar_training.new_history(config, 4, 20) for s in config.seeds}
     kept = arm.trainable["biases.0"][[0, 2]].clone()
-    cifar._diverge_(arm, histories, torch.tensor([1.0, math.nan, 2.0]), epoch=2, step=7)
+    cifar_training.diverge_(arm, histories, torch.tensor([1.0, math.nan, 2.0]), epoch=2, step=7)
     assert arm.seeds == [0, 2] and torch.equal(arm.trainable["biases.0"], kept)
     assert [histories[s]["diverged_step"] for s in config.seeds] == [None, 7, None]
 
@@ -185,14 +189,14 @@ def test_diverged_arms_are_recorded_and_the_lr_grid_runs(tiny_images):
         assert all(v == "nan" for v in h["train_loss"][1:]) and math.isfinite(h["train_loss"][0])
     assert all(h["diverged_epoch"] is None for h in tiny.values())
     json.dumps(res, allow_nan=False)  # NaN stored as strings: valid JSON
-    rows = {r["key"]: r for r in cifar.summary(res)}
+    rows = {r["key"]: r for r in cifar_report.summary(res)}
     assert rows["kaiming_fan_in lr=1e+30"]["diverged"] == 2 and math.isnan(rows["kaiming_fan_in lr=1e+30"][
         "acc_mean"])
     assert rows["hyperfan_in"]["diverged"] == 0 and 0 <= rows["hyperfan_in"]["acc_min"] <= 1
-    assert max(len(line) for line in cifar.format_summary(res).splitlines()) <= 90
+    assert max(len(line) for line in cifar_report.format_summary(res).splitlines()) <= 90
     import matplotlib
     matplotlib.use("Agg")
-    axes = cifar.plot_curves(res)
+    axes = cifar_report.plot_curves(res)
     assert axes[0].get_ylabel() and axes[1].get_ylabel() and "2/2 diverged" in axes[1].get_legend_handles_labels()[
         1][1]
 
@@ -204,7 +208,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, tiny
     assert [full["runs"]["hyperfan_in"]["0"]["lr"][e] for e in (1, 2)] == [0.05, 0.05]
     assert full["runs"]["hyperfan_in"]["0"]["lr"][3] == pytest.approx(0.005)  # x0.1 after epoch 2
 
-    step, calls = cifar.StackedSeeds.step, {"n": 0}
+    step, calls = cifar_training.StackedSeeds.step, {"n": 0}
 
     def crash_in_second_arm(self, *args):  # a Colab disconnect in epoch 2 of the second arm
         calls["n"] += 1
@@ -213,10 +217,10 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, tiny
         return step(self, *args)
 
     checkpoint = results_io.Checkpoint(tmp_path / "run.ckpt", config)
-    monkeypatch.setattr(cifar.StackedSeeds, "step", crash_in_second_arm)
+    monkeypatch.setattr(cifar_training.StackedSeeds, "step", crash_in_second_arm)
     with pytest.raises(KeyboardInterrupt):
         cifar.run(config, images=tiny_images, progress=False, checkpoint=checkpoint)
-    monkeypatch.setattr(cifar.StackedSeeds, "step", step)
+    monkeypatch.setattr(cifar_training.StackedSeeds, "step", step)
     assert checkpoint.label == "hyperfan_out epoch 1"
     resumed = cifar.run(config, images=tiny_images, progress=False,
                         checkpoint=results_io.Checkpoint(tmp_path / "run.ckpt", config))
@@ -235,7 +239,7 @@ def test_command_line_sigint_then_resume_equals_an_uninterrupted_run(tmp_path):
     the results file is named by the config hash and records the data used."""
     first, _ = check_interrupt_resume(CLI_TINY, tmp_path, timeout=120)
     assert first["data"] == {"source": "mnist_standin"}
-    assert first["results"]["data"]["label"] == cifar.STANDIN_LABEL
+    assert first["results"]["data"]["label"] == cifar_data.STANDIN_LABEL
     assert len(first["results"]["runs"]["hyperfan_out"]["1"]["step"]) == 16
     (path,) = (tmp_path / "interrupted").glob("cifar_quick_*.json")
     config = skeleton.make_config(cifar.EXPERIMENT, "quick", CLI_TINY[7:])
@@ -255,7 +259,7 @@ def test_command_line_refuses_bad_values_and_an_existing_checkpoint(tmp_path):
 def test_cpu_training_step_is_fast():
     """One SGD step of the quick preset's hypernet and mainnet on a batch of 100 images (typically ~0.1 s)."""
     config = cifar.get_config("quick")
-    model = cifar.build_model(config, "hyperfan_in")
+    model = cifar_training.build_model(config, "hyperfan_in")
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
     x, y = torch.randn(100, 3, 32, 32), torch.randint(0, 10, (100,))
     times = []

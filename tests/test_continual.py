@@ -10,9 +10,12 @@ import torch
 from hyperinit_lite import __main__ as cli
 from hyperinit_lite import mainnet_forward
 from hyperinit_lite.experiments import continual as C
+from hyperinit_lite.experiments import continual_model as model
+from hyperinit_lite.experiments import continual_report as report
+from hyperinit_lite.experiments import continual_training as training
 from hyperinit_lite.experiments import skeleton
 from hyperinit_lite.regression_data import INTERVALS, make_task, make_tasks, task_function
-from hyperinit_lite.results import load_or_run
+from hyperinit_lite.results import as_array, load_or_run
 
 from cli_harness import check_interrupt_resume
 
@@ -76,23 +79,24 @@ def test_output_regularizer_formula():
     generated = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
     targets = torch.tensor([[1.0, 0.0, 3.0], [1.0, 0.0, -1.0]])
     # (0 + 4 + 0) + (1 + 0 + 4), divided by T - 1 = 2 earlier tasks
-    assert C.output_regularizer(generated, targets).item() == pytest.approx(4.5)
-    assert C.output_regularizer(torch.zeros(0, 3), torch.zeros(0, 3)).item() == 0.0
+    assert model.output_regularizer(generated, targets).item() == pytest.approx(4.5)
+    assert model.output_regularizer(torch.zeros(0, 3), torch.zeros(0, 3)).item() == 0.0
     with pytest.raises(ValueError, match="shape"):
-        C.output_regularizer(generated, targets[:1])
+        model.output_regularizer(generated, targets[:1])
 
 
 def test_objective_adds_beta_times_regularizer_and_vanishes_at_the_targets():
     config = tiny()
-    hn = C.init_hypernet(config, "hyperfan_in", 0)
-    params = {k: v.detach() for k, v in hn.named_parameters() if k not in C.EMBEDDING_KEYS}
-    emb = C.initial_embeddings(config, 0)
+    hn = model.init_hypernet(config, "hyperfan_in", 0)
+    params = {k: v.detach() for k, v in hn.named_parameters() if k not in model.EMBEDDING_KEYS}
+    emb = model.initial_embeddings(config, 0)
     task = make_task(2)
     x, y = task.x_train[:8], task.y_train[:8]
-    plain, mse0 = C.make_objective(hn, 0)(params, emb[2], emb[:0], torch.zeros(0, 141), x, y, 0.005)
-    targets = torch.stack([C.flatten_generated(*C.generate(hn, params, emb[j])) for j in range(2)])
+    plain, mse0 = model.make_objective(hn, 0)(params, emb[2], emb[:0], torch.zeros(0, 141), x, y, 0.005)
+    targets = torch.stack([model.flatten_generated(*model.generate(hn, params, emb[j])) for j in range(2)])
     assert targets.shape == (2, 141)  # 10 + 100 + 10 weights, 10 + 10 + 1 biases
-    objective = C.make_objective(hn, 2)
+    assert torch.equal(model.generate_flat(hn, params, emb[1]), targets[1])
+    objective = model.make_objective(hn, 2)
     at_targets, mse = objective(params, emb[2], emb[:2], targets, x, y, 0.005)
     assert at_targets.item() == pytest.approx(plain.item(), rel=1e-6) and mse.item() == pytest.approx(mse0.item())
     shifted = targets + torch.linspace(-1, 1, 141)
@@ -100,14 +104,14 @@ def test_objective_adds_beta_times_regularizer_and_vanishes_at_the_targets():
     expected = mse.item() + 0.005 * (torch.linspace(-1, 1, 141) ** 2).sum().item() * 2 / 2
     assert value.item() == pytest.approx(expected, rel=1e-5)
     # and the mainnet is the one generated from the current embedding
-    w, b = C.generate(hn, params, emb[2])
+    w, b = model.generate(hn, params, emb[2])
     assert mse.item() == pytest.approx(((mainnet_forward(x, w, b, "relu") - y) ** 2).mean().item(), rel=1e-6)
 
 
 def test_flatten_and_unflatten_are_inverse():
-    hn = C.init_hypernet(tiny(), "xavier", 1)
+    hn = model.init_hypernet(tiny(), "xavier", 1)
     w, b = hn(hn.weight_embeddings[:1].expand(3, 2), hn.weight_embeddings[:1].expand(3, 2))
-    w2, b2 = C.unflatten_generated(C.flatten_generated(w, b), hn.shapes)
+    w2, b2 = model.unflatten_generated(model.flatten_generated(w, b), hn.shapes)
     assert all(torch.equal(p, q) for p, q in zip(w + b, w2 + b2))
 
 
@@ -119,20 +123,20 @@ def adam_delta(optimizer, param):
     step = int(state["step"]) + 1 if state else 1
     m = state["exp_avg"] if state else torch.zeros_like(param)
     v = state["exp_avg_sq"] if state else torch.zeros_like(param)
-    (b1, b2), lr, g = C.ADAM_BETAS, optimizer.param_groups[0]["lr"], param.grad
+    (b1, b2), lr, g = training.ADAM_BETAS, optimizer.param_groups[0]["lr"], param.grad
     m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-    return -lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + C.ADAM_EPS)
+    return -lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + training.ADAM_EPS)
 
 
 def plain_loop(config, init, lr, run, optimizer):
     """One run with nn.Module calls, autograd and torch.optim: what the batched runner must reproduce. With
     ``config.lookahead``, the reference code's order: task loss backward, embedding step, penalty evaluated at
     theta + the pending step (detached), backward, theta step."""
-    hn = C.init_hypernet(config, init, run)
-    emb = C.initial_embeddings(config, run)
+    hn = model.init_hypernet(config, init, run)
+    emb = model.initial_embeddings(config, run)
     tasks = make_tasks(config.n_train, config.n_test, config.noise_std, config.data_seed)
-    names = [k for k, _ in hn.named_parameters() if k not in C.EMBEDDING_KEYS]
-    params = [p for k, p in hn.named_parameters() if k not in C.EMBEDDING_KEYS]
+    names = [k for k, _ in hn.named_parameters() if k not in model.EMBEDDING_KEYS]
+    params = [p for k, p in hn.named_parameters() if k not in model.EMBEDDING_KEYS]
     recs = sorted(set(range(0, config.iterations + 1, config.record_every)) | {config.iterations})
     losses, test = torch.full((3, len(recs)), math.nan), torch.full((3, 3), math.nan)
     act = config.mainnet_activation
@@ -145,15 +149,15 @@ def plain_loop(config, init, lr, run, optimizer):
         return torch.func.functional_call(hn, theta, (), {"weight_embeddings": e, "bias_embeddings": e})
 
     def penalty(targets, theta=None):
-        return sum(((C.flatten_generated(*gen(emb[j], theta)) - targets[j]) ** 2).sum()
+        return sum(((model.flatten_generated(*gen(emb[j], theta)) - targets[j]) ** 2).sum()
                    for j in range(len(targets))) / len(targets)
 
     for t, task in enumerate(tasks):
         with torch.no_grad():
-            targets = [C.flatten_generated(*gen(emb[j])) for j in range(t)]
+            targets = [model.flatten_generated(*gen(emb[j])) for j in range(t)]
         e = emb[t].clone().requires_grad_()
         opt, opt_e = make(params, lr=lr), make([e], lr=lr)
-        idx = C.batch_indices(config, run, t, config.iterations)
+        idx = training.batch_indices(config, run, t, config.iterations)
         for it in range(config.iterations + 1):
             if it in recs:
                 with torch.no_grad():
@@ -183,8 +187,8 @@ def plain_loop(config, init, lr, run, optimizer):
 
 
 def check_against_plain_loop(config, optimizer):
-    out = C.train_runs(config, config.inits, config.learning_rates, optimizer, config.iterations, config.runs,
-                       device="cpu", progress=False)
+    out = training.train_runs(config, config.inits, config.learning_rates, optimizer, config.iterations,
+                              config.runs, device="cpu", progress=False)
     tol = dict(rtol=1e-4, atol=1e-6)  # float32 rounding differs between the batched and the plain computation
     for i, init in enumerate(config.inits):
         for l, lr in enumerate(config.learning_rates):
@@ -217,8 +221,8 @@ def test_reference_model_with_lookahead_equals_a_plain_loop(optimizer):
     check_against_plain_loop(config, optimizer)
     # the look-ahead changes the run: the same config without it ends elsewhere
     plain = dataclasses.replace(config, lookahead=False)
-    a = C.train_runs(config, ("xavier",), (1e-2,), optimizer, 5, 1, "cpu", progress=False)["train_loss"]
-    b = C.train_runs(plain, ("xavier",), (1e-2,), optimizer, 5, 1, "cpu", progress=False)["train_loss"]
+    a, b = (training.train_runs(c, ("xavier",), (1e-2,), optimizer, 5, 1, "cpu", progress=False)["train_loss"]
+            for c in (config, plain))
     assert torch.equal(a[..., 0, :], b[..., 0, :]) and not torch.equal(a[..., 2, -1], b[..., 2, -1])
 
 
@@ -227,25 +231,25 @@ def test_model_options_reach_the_model():
     assert (ref.mainnet_activation, ref.hypernet_activation, ref.embedding_distribution, ref.lookahead,
             ref.batching, ref.xavier_mode, ref.adam_init, ref.adam_lr, ref.adam_iterations, ref.data_seed) == (
         "sigmoid", "sigmoid", "normal", True, "epoch", "harmonic", "xavier", 1e-2, 4001, 42)
-    hn = C.init_hypernet(ref, "xavier", 0)
+    hn = model.init_hypernet(ref, "xavier", 0)
     assert hn.body_activation == "sigmoid"
     # Xavier-uniform (harmonic) with zero biases on every hypernet matrix
     for layer in [*hn.body, *hn.weight_heads, *hn.bias_heads]:
         bound = math.sqrt(6 / (layer.in_features + layer.out_features))
         assert layer.weight.abs().max() <= bound and (layer.bias == 0).all()
-    normal = torch.cat([C.initial_embeddings(ref, r) for r in range(300)])
-    uniform = torch.cat([C.initial_embeddings(C.PRESETS["paper"], r) for r in range(300)])
+    normal = torch.cat([model.initial_embeddings(ref, r) for r in range(300)])
+    uniform = torch.cat([model.initial_embeddings(C.PRESETS["paper"], r) for r in range(300)])
     assert uniform.abs().max() <= math.sqrt(3) < normal.abs().max()
     assert abs(normal.var().item() - 1) < 0.15 and abs(uniform.var().item() - 1) < 0.15
     # epoch batching: each epoch's 100 points are a permutation; independent batching draws afresh
-    idx = C.batch_indices(ref, 0, 0, 25)                       # 25 x 32 = 8 epochs of 100
+    idx = training.batch_indices(ref, 0, 0, 25)                       # 25 x 32 = 8 epochs of 100
     assert all(sorted(chunk.tolist()) == list(range(100)) for chunk in idx.reshape(-1, 100))
-    ind = C.batch_indices(C.PRESETS["paper"], 0, 0, 25)
+    ind = training.batch_indices(C.PRESETS["paper"], 0, 0, 25)
     assert all(len(set(row.tolist())) == 32 for row in ind)
     assert not all(sorted(c.tolist()) == list(range(100)) for c in ind.reshape(-1, 100))
     # the sigmoid mainnet is the one the runner evaluates
-    stats = C.initial_statistics(ref, "xavier", 2)
-    w, b = C.generate(hn, dict(hn.named_parameters()), C.initial_embeddings(ref, 0)[0])
+    stats = model.initial_statistics(ref, "xavier", 2)
+    w, b = model.generate(hn, dict(hn.named_parameters()), model.initial_embeddings(ref, 0)[0])
     data = make_tasks()[0]
     expected = ((mainnet_forward(data.x_train, w, b, "sigmoid") - data.y_train) ** 2).mean()
     assert stats["loss"][0].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -254,10 +258,10 @@ def test_model_options_reach_the_model():
 def test_optimizer_step_formulas():
     g = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
     lr = torch.tensor([0.1, 0.01])
-    step, _ = C.optimizer_step("sgd", g, None, 1, lr)
+    step, _ = training.optimizer_step("sgd", g, None, 1, lr)
     torch.testing.assert_close(step, torch.tensor([[-0.2, 0.1], [-0.005, 0.0]]))
     zeros = (torch.zeros_like(g), torch.zeros_like(g))
-    step, (m, v) = C.optimizer_step("adam", g, zeros, 1, lr)     # first Adam step: -lr sign(g)
+    step, (m, v) = training.optimizer_step("adam", g, zeros, 1, lr)     # first Adam step: -lr sign(g)
     torch.testing.assert_close(step, torch.tensor([[-0.1, 0.1], [-0.01, 0.0]]), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(m, 0.1 * g)
     torch.testing.assert_close(v, 0.001 * g * g)
@@ -265,7 +269,8 @@ def test_optimizer_step_formulas():
 
 def test_absurd_learning_rate_is_recorded_as_diverged_without_exception():
     config = tiny(learning_rates=(1e3, 1e-3), iterations=10, record_every=5)
-    out = C.train_runs(config, config.inits, config.learning_rates, "sgd", 10, config.runs, "cpu", progress=False)
+    out = training.train_runs(config, config.inits, config.learning_rates, "sgd", 10, config.runs, "cpu",
+                              progress=False)
     bad, good = out["diverged_task"][:, 0], out["diverged_task"][:, 1]
     assert (bad >= 0).all() and (good == -1).all()
     assert (out["diverged_iteration"][:, 0] >= 0).all()
@@ -288,11 +293,11 @@ def test_forgetting_and_after_learning():
     test = np.full((1, 3, 3), np.nan)
     test[0, 0, 0], test[0, 1, :2], test[0, 2] = 0.1, [0.2, 0.05], [0.4, 0.5, 0.01]
     assert after_learning_list(test) == [0.1, 0.05, 0.01]
-    np.testing.assert_allclose(C.forgetting(test)[0], [4.0, 10.0, 1.0])
+    np.testing.assert_allclose(report.forgetting(test)[0], [4.0, 10.0, 1.0])
 
 
 def after_learning_list(test):
-    return C.after_learning(test)[0].tolist()
+    return report.after_learning(test)[0].tolist()
 
 
 # ------------------------------------------------------------------------------------ configs and results
@@ -329,9 +334,9 @@ def test_presets_and_validation_errors():
     with pytest.raises(ValueError, match="hyperfan_in.*hypernet_activation=.sigmoid."):
         tiny(hypernet_activation="sigmoid")
     with pytest.raises(ValueError, match="init must be one of"):
-        C.init_hypernet(tiny(), "orthogonal", 0)
+        model.init_hypernet(tiny(), "orthogonal", 0)
     with pytest.raises(ValueError, match="mainnet_activation must be one of 'relu'"):
-        C.predicted_generated_variances(C.PRESETS["reference"], "xavier")
+        model.predicted_generated_variances(C.PRESETS["reference"], "xavier")
 
 
 def test_results_reload_from_json_with_nans(tmp_path):
@@ -348,22 +353,22 @@ def test_results_reload_from_json_with_nans(tmp_path):
     second = load_or_run(path, config, run)
     assert len(calls) == 1 and first == second
     assert "nan" in str(first["sweep"]["train_loss"])          # NaNs of diverged runs survive the round trip
-    assert np.isnan(C.as_array(first["sweep"]["train_loss"])[0, 0]).any()
-    rows = C.summary(second)
+    assert np.isnan(as_array(first["sweep"]["train_loss"])[0, 0]).any()
+    rows = report.summary(second)
     assert [r["init"] for r in rows] == ["kaiming_fan_in", "hyperfan_out"] and all(r["lr"] == 1e-2 for r in rows)
-    assert C.divergence(second)["kaiming_fan_in"][1000.0][0] == 2
+    assert report.divergence(second)["kaiming_fan_in"][1000.0][0] == 2
     assert (rows[0]["diverged_runs"], rows[1]["diverged_runs"]) == (2, 0)    # every kaiming_fan_in run diverged
-    test = C.sweep_test_mse(second, "hyperfan_out")                          # at its chosen lr 1e-2
+    test = report.sweep_test_mse(second, "hyperfan_out")                          # at its chosen lr 1e-2
     assert rows[1]["final_test_mse"] == pytest.approx(test[:, -1].mean(axis=0).tolist())
     assert rows[1]["test_after_learning"] == pytest.approx([test[:, t, t].mean() for t in range(3)])
-    table = C.markdown_summary(second).splitlines()
+    table = report.markdown_summary(second).splitlines()
     assert len(table) == 4 and table[3].startswith("| hyperfan-out | 1e-02") and table[3].endswith("| 0/2 |")
-    final = C.final_train_loss(second)
+    final = report.final_train_loss(second)
     assert final["kaiming_fan_in"][1000.0][1:] == (0, 2) and final["hyperfan_out"][0.01][1:] == (2, 2)
-    assert "**" in C.markdown_final_loss(second).splitlines()[3]
-    assert second["adam_betas"] == [0.005, 0.0] and C.adam_test_mse(second, 0.0).shape == (1, 3, 3)
-    assert C.markdown_test_mse({"a": C.adam_test_mse(second)}).splitlines()[-1] == "| runs | 1/1 |"
-    x, mean, sem = C.curves(second, "hyperfan_out")
+    assert "**" in report.markdown_final_loss(second).splitlines()[3]
+    assert second["adam_betas"] == [0.005, 0.0] and report.adam_test_mse(second, 0.0).shape == (1, 3, 3)
+    assert report.markdown_test_mse({"a": report.adam_test_mse(second)}).splitlines()[-1] == "| runs | 1/1 |"
+    x, mean, sem = report.curves(second, "hyperfan_out")
     assert x.shape == mean.shape == sem.shape == (3 * 3,)
 
 

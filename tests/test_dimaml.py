@@ -1,4 +1,4 @@
-"""DIMAML (hyperinit_lite.dimaml) and MetaInit (hyperinit_lite.metainit): Chapter 11."""
+"""DIMAML (hyperinit_lite: dimaml, meta_unroll, meta_train) and MetaInit (metainit): Chapter 11."""
 import math
 
 import pytest
@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyperinit_lite import dimaml as dm
+from hyperinit_lite import meta_train as mt
+from hyperinit_lite import meta_unroll as mu
 from hyperinit_lite.metainit import gradient_quotient, metainit_
 from conftest import sample_variance_tolerance
 
@@ -29,9 +31,9 @@ def task(n_steps, n_val, seed=0, dtype=torch.float32, n_in=6, n_out=3, batch=16)
 
 def meta_gradient(init, model, batches, val, val_steps, opt, checkpoint_every=None, mode="reentrant", seed=1):
     init.zero_grad(set_to_none=True)
-    dm.reset_batchnorm_(model)
+    mu.reset_batchnorm_(model)
     params = init.sample(model, torch.Generator().manual_seed(seed))
-    loss, _, _ = dm.unroll(model, params, batches, val, val_steps, F.mse_loss, opt, checkpoint_every, mode)
+    loss, _, _ = mu.unroll(model, params, batches, val, val_steps, F.mse_loss, opt, checkpoint_every, mode)
     loss.backward()
     return loss.detach(), torch.cat([p.grad.reshape(-1) for p in init.parameters()])
 
@@ -116,9 +118,9 @@ def test_inner_optimizer_matches_torch_optim(name):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
     batches, val = task(5, 1, dtype=torch.float64)
-    opt = dm.InnerOptimizer(name, lr=0.05, weight_decay=0.01)
+    opt = mu.InnerOptimizer(name, lr=0.05, weight_decay=0.01)
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-    _, _, final = dm.unroll(model, params, batches, val, [5], F.mse_loss, opt)
+    _, _, final = mu.unroll(model, params, batches, val, [5], F.mse_loss, opt)
     torch_opt = opt.torch_optimizer(model.parameters())
     for x, y in batches:
         torch_opt.zero_grad()
@@ -130,9 +132,9 @@ def test_inner_optimizer_matches_torch_optim(name):
 
 def test_unknown_optimizer_lists_the_valid_ones():
     with pytest.raises(ValueError, match="optimizer must be one of 'sgd', 'momentum', 'nesterov', 'adam'; got 'rmsprop'"):
-        dm.InnerOptimizer("rmsprop")
+        mu.InnerOptimizer("rmsprop")
     with pytest.raises(ValueError, match="momentum must be in"):
-        dm.InnerOptimizer("momentum", momentum=1.5)
+        mu.InnerOptimizer("momentum", momentum=1.5)
 
 
 # --------------------------------------------------------------------------- the meta-gradient
@@ -141,7 +143,7 @@ def test_checkpointed_meta_gradient_equals_unchecked(kind, opt_name):
     model = bn_mlp()
     init = dm.LearnedInitializer(model, kind, n_pieces=6)
     batches, val = task(6, 3)
-    opt = dm.InnerOptimizer(opt_name, lr=0.05)
+    opt = mu.InnerOptimizer(opt_name, lr=0.05)
     loss0, g0 = meta_gradient(init, model, batches, val, [2, 4, 6], opt)
     assert float(g0.abs().max()) > 0
     for every, mode in [(2, "reentrant"), (4, "reentrant"), (3, "nonreentrant"), (6, "reentrant")]:
@@ -158,7 +160,7 @@ def test_meta_gradient_matches_finite_differences(kind, opt_name, every):
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     init = dm.LearnedInitializer(model, kind, n_pieces=4, dtype=torch.float64)
     batches, val = task(4, 2, dtype=torch.float64, n_in=3, n_out=2, batch=8)
-    opt = dm.InnerOptimizer(opt_name, lr=0.1)
+    opt = mu.InnerOptimizer(opt_name, lr=0.1)
     _, grad = meta_gradient(init, model, batches, val, [2, 4], opt, every)
     numeric = finite_difference(init, model, batches, val, [2, 4], opt, h=1e-6)
     torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-8)
@@ -174,9 +176,9 @@ def finite_difference(init, model, batches, val, val_steps, opt, h=1e-5):
                 values = []
                 for sign in (1, -1):
                     flat[i] += sign * h
-                    dm.reset_batchnorm_(model)
+                    mu.reset_batchnorm_(model)
                     params = init.sample(model, torch.Generator().manual_seed(1))
-                    values.append(float(dm.unroll(model, params, batches, val, val_steps, F.mse_loss, opt)[0]))
+                    values.append(float(mu.unroll(model, params, batches, val, val_steps, F.mse_loss, opt)[0]))
                     flat[i] -= sign * h
                 numeric.append((values[0] - values[1]) / (2 * h))
     return torch.tensor(numeric, dtype=torch.float64)
@@ -192,7 +194,7 @@ def test_meta_gradient_through_batchnorm_matches_finite_differences(every):
     model = bn_mlp(dtype=torch.float64)
     init = dm.LearnedInitializer(model, "normal", dtype=torch.float64)
     batches, val = task(8, 2, dtype=torch.float64)
-    opt = dm.InnerOptimizer("momentum", lr=0.1, momentum=0.9)
+    opt = mu.InnerOptimizer("momentum", lr=0.1, momentum=0.9)
     _, grad = meta_gradient(init, model, batches, val, [4, 8], opt, every)
     numeric = finite_difference(init, model, batches, val, [4, 8], opt)
     torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-8)
@@ -205,11 +207,11 @@ def test_checkpoint_interval_larger_than_inner_loop_is_rejected():
     batches, val = task(4, 1)
     params = init.sample(model)
     with pytest.raises(ValueError, match=r"checkpoint_every \(5\) is larger than the inner loop \(inner_steps=4\)"):
-        dm.unroll(model, params, batches, val, [4], F.mse_loss, dm.InnerOptimizer(), checkpoint_every=5)
+        mu.unroll(model, params, batches, val, [4], F.mse_loss, mu.InnerOptimizer(), checkpoint_every=5)
     with pytest.raises(ValueError, match="val_steps must be non-empty and within 1..4"):
-        dm.unroll(model, params, batches, val, [5], F.mse_loss, dm.InnerOptimizer())
+        mu.unroll(model, params, batches, val, [5], F.mse_loss, mu.InnerOptimizer())
     with pytest.raises(ValueError, match="checkpoint_mode must be one of"):
-        dm.unroll(model, params, batches, val, [4], F.mse_loss, dm.InnerOptimizer(), 2, "sometimes")
+        mu.unroll(model, params, batches, val, [4], F.mse_loss, mu.InnerOptimizer(), 2, "sometimes")
 
 
 def test_inner_divergence_skips_the_meta_step_and_is_counted():
@@ -217,10 +219,10 @@ def test_inner_divergence_skips_the_meta_step_and_is_counted():
     init = dm.LearnedInitializer(model)
     before = [p.detach().clone() for p in init.parameters()]
     batches, val = task(4, 1)
-    explode = dm.InnerOptimizer("sgd", lr=1e30)
-    with pytest.raises(dm.InnerLoopDiverged, match="non-finite at step"):
-        dm.unroll(model, init.sample(model), batches, val, [4], F.mse_loss, explode)
-    hist = dm.meta_train(init, model, lambda g: (batches, val), F.mse_loss, explode, 3, [4], checkpoint_every=2)
+    explode = mu.InnerOptimizer("sgd", lr=1e30)
+    with pytest.raises(mu.InnerLoopDiverged, match="non-finite at step"):
+        mu.unroll(model, init.sample(model), batches, val, [4], F.mse_loss, explode)
+    hist = mt.meta_train(init, model, lambda g: (batches, val), F.mse_loss, explode, 3, [4], checkpoint_every=2)
     assert hist["skipped"] == 3 and all(r.startswith("diverged") for r in hist["skip_reasons"])
     assert all(torch.equal(a, b) for a, b in zip(before, init.parameters()))
 
@@ -238,7 +240,7 @@ def test_non_finite_meta_gradient_is_skipped_and_counted():
     init = dm.LearnedInitializer(model)
     before = [p.detach().clone() for p in init.parameters()]
     batches, val = task(3, 1)
-    hist = dm.meta_train(init, model, lambda g: (batches, val), F.mse_loss, dm.InnerOptimizer(), 2, [3])
+    hist = mt.meta_train(init, model, lambda g: (batches, val), F.mse_loss, mu.InnerOptimizer(), 2, [3])
     assert hist["skipped"] == 2 and hist["skip_reasons"] == ["non-finite meta-gradient"] * 2
     assert all(math.isfinite(v) for v in hist["meta_loss"])
     assert all(torch.equal(a, b) for a, b in zip(before, init.parameters()))
@@ -248,13 +250,13 @@ def test_meta_step_resets_batchnorm_statistics():
     model = bn_mlp()
     init = dm.LearnedInitializer(model)
     batches, val = task(4, 2)
-    opt = dm.InnerOptimizer("momentum", lr=0.05)
+    opt = mu.InnerOptimizer("momentum", lr=0.05)
     losses = []
     for fill in (0.0, 7.0):
         model[1].running_mean.fill_(fill)
         model[1].running_var.fill_(1.0 + fill)
-        meta_opt = dm.meta_optimizer_for(init, lr=1e-12)
-        losses.append(dm.meta_step(init, model, meta_opt, batches, val, [2, 4], F.mse_loss, opt,
+        meta_opt = mt.meta_optimizer_for(init, lr=1e-12)
+        losses.append(mt.meta_step(init, model, meta_opt, batches, val, [2, 4], F.mse_loss, opt,
                                    generator=torch.Generator().manual_seed(0))["meta_loss"])
         assert float(model[1].running_mean.abs().max()) == 0.0  # reset, and the unroll worked on copies
     assert losses[0] == losses[1]
@@ -267,7 +269,7 @@ def test_meta_training_lowers_the_meta_loss():
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     init = dm.LearnedInitializer(model, base={"0.weight": 1e-3, "2.weight": 1e-3})
     batches, val = task(8, 1)
-    hist = dm.meta_train(init, model, lambda g: (batches, val), F.mse_loss, dm.InnerOptimizer("sgd", lr=0.2),
+    hist = mt.meta_train(init, model, lambda g: (batches, val), F.mse_loss, mu.InnerOptimizer("sgd", lr=0.2),
                          40, [8], meta_lr=0.2)
     assert hist["skipped"] == 0
     assert min(hist["meta_loss"][-10:]) < 0.7 * hist["meta_loss"][0]
@@ -281,8 +283,8 @@ def test_meta_training_lowers_the_meta_loss_of_a_batchnorm_net(kind, meta_lr):
     stds = dm.classical_stds(model, linear=("3.weight",))
     init = dm.LearnedInitializer(model, kind, base={n: 0.3 * s for n, s in stds.items()}, n_pieces=10)
     batches, val = task(10, 2, seed=3)
-    hist = dm.meta_train(init, model, lambda g: (batches, val), F.mse_loss,
-                         dm.InnerOptimizer("momentum", lr=0.02, momentum=0.9), 40, [5, 10], meta_lr=meta_lr)
+    hist = mt.meta_train(init, model, lambda g: (batches, val), F.mse_loss,
+                         mu.InnerOptimizer("momentum", lr=0.02, momentum=0.9), 40, [5, 10], meta_lr=meta_lr)
     assert hist["skipped"] == 0
     first, last = sum(hist["meta_loss"][:5]) / 5, sum(hist["meta_loss"][-5:]) / 5
     assert last < 0.9 * first
@@ -330,12 +332,12 @@ def test_meta_step_cost_counts_recomputation_and_is_deterministic():
     init = dm.LearnedInitializer(model)
     K, C = 12, 4
     batches, val = task(K, 3)
-    opt = dm.InnerOptimizer("momentum", lr=0.05)
+    opt = mu.InnerOptimizer("momentum", lr=0.05)
     runs = {}
     for every, mode in [(None, "reentrant"), (C, "reentrant"), (C, "nonreentrant")]:
-        runs[every, mode] = dm.meta_step_cost(init, model, batches, val, [4, 8, 12], F.mse_loss, opt, every, mode,
+        runs[every, mode] = mt.meta_step_cost(init, model, batches, val, [4, 8, 12], F.mse_loss, opt, every, mode,
                                               torch.Generator().manual_seed(0))
-        again = dm.meta_step_cost(init, model, batches, val, [4, 8, 12], F.mse_loss, opt, every, mode,
+        again = mt.meta_step_cost(init, model, batches, val, [4, 8, 12], F.mse_loss, opt, every, mode,
                                   torch.Generator().manual_seed(0))
         assert again["peak_bytes"] == runs[every, mode]["peak_bytes"] > 0
     assert (runs[None, "reentrant"]["forward_evals"], runs[None, "reentrant"]["backward_evals"]) == (K + 3, 0)
@@ -345,7 +347,7 @@ def test_meta_step_cost_counts_recomputation_and_is_deterministic():
 
 
 def test_live_tensor_bytes_counts_a_known_allocation():
-    with dm.LiveTensorBytes() as mem:
+    with mt.LiveTensorBytes() as mem:
         x = torch.zeros(1000, dtype=torch.float64)
         y = x.view(10, 100)  # a view: no new storage
         assert mem.current == 8000

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from hyperinit_lite import dimaml_tasks as tasks
-from hyperinit_lite.dimaml import InnerOptimizer, LearnedInitializer, load_initializer, save_initializer
+from hyperinit_lite.dimaml import LearnedInitializer, load_initializer, save_initializer
 from hyperinit_lite.experiments import autoencoder as ae
 from hyperinit_lite.experiments import char_lstm as cl
 from hyperinit_lite.experiments.meta_training import train_steps
+from hyperinit_lite.meta_unroll import InnerOptimizer
 from cli_harness import check_interrupt_resume
 
 

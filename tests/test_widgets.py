@@ -57,6 +57,39 @@ def test_compare_explorer_draws_every_init():
     plt.close("all")
 
 
+@pytest.mark.parametrize("init, mode, registry_name", [("hypernet_xavier", "fan_out", "xavier_fan_out"),
+                                                        ("hypernet_kaiming", "harmonic", "kaiming_harmonic"),
+                                                        ("hyperfan_harmonic", "fan_in", "hyperfan_harmonic")])
+def test_hypernet_inits_come_from_the_registry(init, mode, registry_name):
+    """The explorer draws and predicts a hypernet init exactly as the registry (init_methods) does."""
+    import torch
+    from hyperinit_lite import Hypernet
+    from hyperinit_lite.init_methods import METHODS, init_
+    from hyperinit_lite.predict import predicted_profile
+    from hyperinit_lite.stats import mainnet_statistics
+
+    assert W.hypernet_method(init, mode) is METHODS[registry_name]
+    sizes = [24] * 4
+    settings = dict(depth=3, width=24, activation="relu", mode=mode, embedding_dim=10, generates_bias=True)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 24, generator=gen, dtype=torch.float64)
+    hn = Hypernet(sizes, 10, generates_bias=True, share_heads=True, activation="relu", generator=gen)
+    weights, biases = init_(hn, registry_name, generator=gen).double()()
+    expected = mainnet_statistics(weights, biases, x, "relu", generator=gen)
+    measured = W.variance_profile(init, batch=64, seed=5, **settings)
+    assert all(np.array_equal(measured[key], expected[key]) for key in W.KEYS)
+    variances = METHODS[registry_name].generated_variances(sizes, 10, "relu", True)
+    prediction = predicted_profile(sizes, *variances, "relu")
+    assert W.predicted_variance_profile(init, **settings) == prediction
+
+
+def test_every_hyperfan_method_of_the_registry_is_offered():
+    from hyperinit_lite.init_methods import METHODS
+    assert {m for m in METHODS if m.startswith("hyperfan")} < set(W.HYPERNET_INITS)
+    with pytest.raises(ValueError, match="init must be one of"):
+        W.hypernet_method("xavier")
+
+
 def test_a_blow_up_beyond_float32_stays_finite():
     """M1 at depth 30: 64^30 ~ 1e54 overflows float32 but not the float64 the explorer computes in."""
     profile = W.variance_profile("hypernet_xavier", depth=30, width=64, activation="linear", batch=64)

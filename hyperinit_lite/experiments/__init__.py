@@ -28,11 +28,6 @@ def resolve_device(device="auto"):
     return resolved
 
 
-def check_device(device):
-    """Deprecated spelling of :func:`resolve_device` (kept until every runner calls that)."""
-    return resolve_device(device)
-
-
 def seeded_generator(*key):
     """A CPU ``torch.Generator`` seeded from a tuple of non-negative ints: one independent stream per key
     (``numpy.random.SeedSequence`` mixes the key, so ``(0, 1)`` and ``(1, 0)`` do not collide)."""

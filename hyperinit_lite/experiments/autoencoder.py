@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import dimaml_tasks as tasks
-from ..dimaml import InnerOptimizer, LearnedInitializer, classical_stds
+from ..dimaml import LearnedInitializer, classical_stds
+from ..meta_unroll import InnerOptimizer
 from ..metainit import metainit_
 from ..validate import check_choice
 from . import resolve_device, seeded_generator, skeleton

@@ -20,7 +20,8 @@ from typing import Tuple
 import torch
 
 from .. import dimaml_tasks as tasks
-from ..dimaml import InnerOptimizer, LearnedInitializer
+from ..dimaml import LearnedInitializer
+from ..meta_unroll import InnerOptimizer
 from ..metainit import metainit_
 from ..validate import check_choice
 from . import resolve_device, seeded_generator, skeleton

@@ -8,7 +8,8 @@ Their ``run`` saves a checkpoint after every block of ``save_every`` meta-steps 
 import numpy as np
 import torch
 
-from ..dimaml import LearnedInitializer, meta_train
+from ..dimaml import LearnedInitializer
+from ..meta_train import meta_train
 
 INIT_LABELS = {"mean-image": "mean image (no training)", "kaiming": "Kaiming", "orthogonal": "orthogonal",
                "baseline": "per-gate N(0, 1/h)", "metainit": "MetaInit", "dimaml-normal": "DIMAML-Normal",
