@@ -37,6 +37,12 @@ class InitMethod:
     mode: str
     gain: float = 1.0
 
+    @property
+    def target_mode(self):
+        """The classical mode (``'fan_in'``, ``'fan_out'`` or ``'harmonic'``) whose variance ``c / fan`` the
+        method aims the generated weights at: M1's own mode, or hyperfan-``mode``'s fan (Chapters 4-7)."""
+        return HYPERFAN_MODES[self.mode] if self.family == "hyperfan" else self.mode
+
     def apply_(self, hypernet, generator=None, distribution="uniform", embedding_variance=None):
         """Initialize ``hypernet`` (a ``Hypernet`` or a ``ChunkedHypernet``) in place; returns it."""
         if isinstance(hypernet, ChunkedHypernet):

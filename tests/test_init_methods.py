@@ -14,6 +14,9 @@ def test_names_aliases_and_labels():
     assert set(METHODS) == classical | {"hyperfan_in", "hyperfan_out", "hyperfan_harmonic"}
     assert get_method("kaiming") is METHODS["kaiming_fan_in"] and get_method("xavier").gain == 1.0
     assert label("kaiming_fan_out") == "Kaiming fan-out" and label("hyperfan_in") == "hyperfan-in"
+    assert [get_method(m).target_mode for m in ("kaiming_fan_out", "xavier_harmonic", "hyperfan_in",
+                                                "hyperfan_out", "hyperfan_harmonic")] == \
+        ["fan_out", "harmonic", "fan_in", "fan_out", "harmonic"]
     with pytest.raises(ValueError, match="method must be one of"):
         get_method("hyperfan")
 

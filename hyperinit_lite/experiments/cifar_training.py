@@ -43,8 +43,7 @@ from ..validate import check_choice
 INITS = ("kaiming_fan_in", "kaiming_fan_out", "hyperfan_in", "hyperfan_out")
 INIT_LABELS = {init: init_methods.label(init) for init in INITS}
 # The target each init aims at, for hyperinit_lite.chunked.chunked_kernel_statistics(..., target_mode=...).
-TARGET_MODES = {"kaiming_fan_in": "fan_in", "kaiming_fan_out": "fan_out", "hyperfan_in": "fan_in",
-                "hyperfan_out": "fan_out"}
+TARGET_MODES = {init: init_methods.get_method(init).target_mode for init in INITS}
 
 
 def check_seed(name, seed):

@@ -14,15 +14,15 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..classical import NONLINEARITIES
 from ..hypernet import Hypernet, mainnet_forward, uniform_embeddings
-from ..init_methods import init_, predicted_variances
+from ..init_methods import init_, label, predicted_variances
 from ..regression_data import make_tasks
 from ..validate import check_choice
 from . import seeded_generator
 
 
 INITS = ("xavier", "kaiming_fan_in", "kaiming_fan_out", "hyperfan_in", "hyperfan_out")
-INIT_LABELS = {"xavier": "Xavier", "kaiming_fan_in": "Kaiming fan-in", "kaiming_fan_out": "Kaiming fan-out",
-               "hyperfan_in": "hyperfan-in", "hyperfan_out": "hyperfan-out"}
+# the registry's labels; "xavier" is Xavier in the config's mode (init_method), so its label names no mode
+INIT_LABELS = {"xavier": "Xavier", **{init: label(init) for init in INITS[1:]}}
 EMBEDDING_KEYS = ("weight_embeddings", "bias_embeddings")
 
 
