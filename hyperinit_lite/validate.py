@@ -25,6 +25,21 @@ def check_positive(name, value):
     return float(value)
 
 
+def check_seed(name, seed):
+    """``seed``; ``ValueError`` naming ``name`` unless it is an integer >= 0 (``bool`` is refused)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{name} must hold integers >= 0, got {seed!r}")
+    return seed
+
+
+def check_distinct(name, values, check):
+    """``values`` as a non-empty tuple of distinct items, each passed through ``check(name, item)``."""
+    values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"{name} must be a non-empty tuple of distinct values, got {values!r}")
+    return tuple(check(name, v) for v in values)
+
+
 def check_choice(name, value, allowed):
     """``value``; ``ValueError`` naming ``name`` and the allowed values unless ``value in allowed``."""
     if value not in allowed:

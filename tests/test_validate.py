@@ -31,3 +31,13 @@ def test_check_choice_lists_the_allowed_values():
 
 def test_numpy_sizes_reach_the_public_api():
     assert hl.fan_in_and_fan_out((np.int64(4), np.int64(3))) == (3, 4)
+
+
+def test_seeds_are_distinct_non_negative_integers():
+    from hyperinit_lite.validate import check_distinct, check_seed
+    assert check_distinct("seeds", [0, 2], check_seed) == (0, 2)
+    assert check_distinct("seeds", 3, check_seed) == (3,)
+    for bad, message in (((), "distinct"), ((1, 1), "distinct"), ((0, -1), ">= 0"), ((True,), ">= 0"),
+                         ((1.0,), ">= 0")):
+        with pytest.raises(ValueError, match=f"seeds .*{message}"):
+            check_distinct("seeds", bad, check_seed)

@@ -20,19 +20,11 @@ from typing import Optional, Tuple
 
 from ..all_conv_net import all_conv_net_shapes
 from ..chunked import INPUT_LAYERS
-from ..validate import check_choice, check_positive, check_positive_int
+from ..validate import check_choice, check_distinct, check_positive, check_positive_int, check_seed
 from . import resolve_device, skeleton
 from .cifar_data import DATA_SOURCES, IMAGE_SHAPE, config_images, resolve_source
 from .cifar_report import format_summary
-from .cifar_training import INITS, check_seed, train_arm
-
-
-def _check_tuple(name, values, check):
-    """``values`` as a non-empty tuple of distinct items, each passed through ``check(name, item)``."""
-    values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
-    if not values or len(set(values)) != len(values):
-        raise ValueError(f"{name} must be a non-empty tuple of distinct values, got {values!r}")
-    return tuple(check(name, v) for v in values)
+from .cifar_training import INITS, train_arm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +69,10 @@ class CIFARConfig:
                      "log_every"):
             check_positive_int(name, getattr(self, name))
         check_positive("lr", self.lr)
-        inits = _check_tuple("inits", self.inits, lambda n, v: check_choice(n, v, INITS))
+        inits = check_distinct("inits", self.inits, lambda n, v: check_choice(n, v, INITS))
         lrs = tuple(self.kaiming_fan_in_lrs)
-        lrs = _check_tuple("kaiming_fan_in_lrs", lrs, check_positive) if lrs else ()
-        seeds = _check_tuple("seeds", self.seeds, check_seed)
+        lrs = check_distinct("kaiming_fan_in_lrs", lrs, check_positive) if lrs else ()
+        seeds = check_distinct("seeds", self.seeds, check_seed)
         milestones = tuple(self.milestones)
         if any(isinstance(m, bool) or not isinstance(m, int) for m in milestones) or list(
                 milestones) != sorted(set(milestones)) or (

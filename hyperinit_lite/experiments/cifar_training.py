@@ -38,19 +38,12 @@ from torch.func import functional_call, grad_and_value, vmap
 from .. import init_methods
 from ..all_conv_net import all_conv_net_forward
 from ..chunked import ChunkedHypernet
-from ..validate import check_choice
+from ..validate import check_choice, check_seed
 
 INITS = ("kaiming_fan_in", "kaiming_fan_out", "hyperfan_in", "hyperfan_out")
 INIT_LABELS = {init: init_methods.label(init) for init in INITS}
 # The target each init aims at, for hyperinit_lite.chunked.chunked_kernel_statistics(..., target_mode=...).
 TARGET_MODES = {init: init_methods.get_method(init).target_mode for init in INITS}
-
-
-def check_seed(name, seed):
-    """``seed`` if it is an integer >= 0, else a ``ValueError`` naming ``name``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"{name} must hold integers >= 0, got {seed!r}")
-    return seed
 
 
 # ---------------------------------------------------------------------------------------------------- models

@@ -47,7 +47,7 @@ import time
 from typing import Optional, Tuple
 
 from ..data import SOURCES, DataUnavailableError, available_source, load_mnist
-from ..validate import check_choice, check_positive, check_positive_int
+from ..validate import check_choice, check_distinct, check_positive, check_positive_int, check_seed
 from . import resolve_device, skeleton
 from .mnist_model import CASES, SETTINGS, group_key
 from .mnist_report import summary
@@ -89,14 +89,8 @@ class MNISTConfig:
             check_positive_int(name, getattr(self, name))
         check_positive("lr_hypernet", self.lr_hypernet)
         check_positive("lr_classical", self.lr_classical)
-        seeds, cases = tuple(self.seeds), tuple(self.cases)
-        if not seeds or len(set(seeds)) != len(seeds) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise ValueError(f"seeds must be a non-empty tuple of distinct integers >= 0, got {self.seeds!r}")
-        if not cases or len(set(cases)) != len(cases):
-            raise ValueError(f"cases must be a non-empty tuple of distinct cases, got {self.cases!r}")
-        for case in cases:
-            check_choice("cases", case, CASES)
+        seeds = check_distinct("seeds", self.seeds, check_seed)
+        cases = check_distinct("cases", self.cases, lambda name, case: check_choice(name, case, CASES))
         if not isinstance(self.relu, bool):
             raise ValueError(f"relu must be True or False, got {self.relu!r}")
         object.__setattr__(self, "seeds", seeds)
